@@ -1,0 +1,1 @@
+"""openvtep board tops and builds for open FPGA boards."""

@@ -1,0 +1,1 @@
+"""openvtep gateware (Amaranth 0.5)."""

@@ -1,0 +1,1 @@
+"""openvtep simulation harness: cocotb on Icarus Verilog, stream drivers, virtual board."""
