@@ -1,0 +1,224 @@
+"""Run cocotb testbenches against Amaranth components on Icarus Verilog, from pytest.
+
+The pytest side calls :func:`run_cocotb`; the cocotb side (a testbench module, by convention
+``tests/<area>/tb_<block>.py``, which pytest does not collect) reads its parameters with
+:func:`test_params` and seeds its randomness from ``cocotb.RANDOM_SEED``::
+
+    # tests/hdl/test_thing.py
+    from pathlib import Path
+    from openvtep.hdl.stream import RegisterSlice
+    from openvtep.sim.cocotb_runner import run_cocotb
+
+    def test_slice():
+        run_cocotb(RegisterSlice(8), Path(__file__).with_name("tb_thing.py"),
+                   name="slice_w8", params={"width": 8, "frames": 100})
+
+    # tests/hdl/tb_thing.py
+    import cocotb
+    from openvtep.sim.cocotb_runner import test_params
+
+    @cocotb.test()
+    async def frames(dut):
+        width = test_params()["width"]
+        ...
+
+Builds are cached under ``build/sim/<name>-<hash of the Verilog>/`` (``OPENVTEP_SIM_BUILD``
+overrides ``build/sim``) and made atomically, so pytest-xdist workers may build and run the same
+or different designs at once; each run gets its own directory below the build's ``runs/``.
+
+The seed is ``seed=``, else ``$OPENVTEP_SEED``, else random; it is printed, and named in the
+failure message, so ``OPENVTEP_SEED=<n> pytest ...`` reproduces a failure.
+"""
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["run_cocotb", "test_params", "CocotbFailure", "TIMESCALE"]
+
+TIMESCALE = ("1ns", "1ps")
+
+_PARAMS_ENV = "OPENVTEP_PARAMS"
+_SEED_ENV = "OPENVTEP_SEED"
+
+
+class CocotbFailure(AssertionError):
+    """A cocotb test failed (or the simulation did not finish). The message holds the seed, the
+    failing cocotb tests with their reasons, and the tail of the simulation log."""
+
+
+def _build_root():
+    if env := os.environ.get("OPENVTEP_SIM_BUILD"):
+        return Path(env).resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():  # a source checkout (editable install)
+        return repo / "build" / "sim"
+    return Path.cwd() / "build" / "sim"
+
+
+def _safe(text, limit=80):
+    text = re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+    if len(text) > limit:
+        text = text[:limit - 9] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return text or "run"
+
+
+def _make_runner():
+    from cocotb_tools.runner import get_runner
+    return get_runner("icarus")
+
+
+def _build(verilog_text, name, *, waves):
+    """Compile ``verilog_text`` once per distinct design; return the build directory."""
+    key = hashlib.sha256(
+        "\0".join([verilog_text, name, repr(TIMESCALE), str(waves)]).encode()).hexdigest()[:16]
+    root = _build_root()
+    final = root / f"{name}-{key}"
+    if (final / "sim.vvp").is_file():
+        return final
+
+    root.mkdir(parents=True, exist_ok=True)
+    # Build in a private directory, then rename it into place: a concurrent worker building
+    # the same design either wins the rename or finds the finished directory.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=root))
+    try:
+        source = tmp / f"{name}.v"
+        source.write_text(verilog_text)
+        runner = _make_runner()
+        runner.build(sources=[source], hdl_toplevel=name, build_dir=tmp, timescale=TIMESCALE,
+                     waves=waves, always=True, log_file=tmp / "build.log")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "sim.vvp").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _module_spec(module):
+    """(module name, extra sys.path entry or None) for a dotted name or a ``.py`` path."""
+    if isinstance(module, os.PathLike) or str(module).endswith(".py"):
+        path = Path(module).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"cocotb test module {path} not found")
+        return path.stem, str(path.parent)
+    return str(module), None
+
+
+def _failures(results_xml):
+    """[(test name, kind, message)] of the failed/errored test cases in a cocotb results file."""
+    from xml.etree import ElementTree
+    out = []
+    for case in ElementTree.parse(results_xml).getroot().iter("testcase"):
+        for kind in ("failure", "error"):
+            for element in case.findall(kind):
+                out.append((case.get("name"), kind, element.get("message") or ""))
+    return out
+
+
+def _tail(path, lines=60):
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no simulation log)"
+    return "\n".join(text[-lines:])
+
+
+def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None,
+               extra_env=None, waves=False):
+    """Simulate ``component`` with the cocotb tests in ``module``; raise if any of them fails.
+
+    Parameters
+    ----------
+    component : amaranth.lib.wiring.Component
+        The design under test. Converted with ``amaranth.back.verilog.convert(component,
+        name=name)``: its ports appear as ``i__valid``, ``i__payload``, ``o__ready``, ...,
+        plus ``clk`` and ``rst`` if it has a ``sync`` domain.
+    module : str or path-like
+        The cocotb test module: a dotted module name importable from ``sys.path``, or the path
+        of a ``.py`` file (its folder is put on the simulator's ``PYTHONPATH``).
+    name : str
+        Verilog top-level module name; also names the build directory.
+    params : dict, optional
+        JSON-serialisable parameters for the testbench, read there with :func:`test_params`.
+    seed : int, optional
+        Random seed (``cocotb.RANDOM_SEED`` in the testbench). Default: ``$OPENVTEP_SEED`` if
+        set, else a random one. Printed either way.
+    testcase : str or list of str, optional
+        Only run these cocotb tests of ``module`` (default: all).
+    extra_env : dict, optional
+        Extra environment variables for the simulator process.
+    waves : bool
+        Dump an FST waveform into the run directory (also ``WAVES=1`` in the environment).
+
+    Returns the run directory (holding ``results.xml``, ``sim.log`` and any waveform).
+    Raises :class:`CocotbFailure` (an ``AssertionError``) if a cocotb test fails, errors, or the
+    simulator dies; the message names the seed and includes the failing tests and log tail.
+    """
+    from amaranth.back import verilog
+
+    if seed is None:
+        seed = os.environ.get(_SEED_ENV) or os.environ.get("COCOTB_RANDOM_SEED")
+        seed = int(seed) if seed else random.SystemRandom().randrange(1 << 31)
+    waves = waves or os.environ.get("WAVES", "0") not in ("", "0")
+    print(f"cocotb: {name}: seed {seed} (reproduce with {_SEED_ENV}={seed})")
+
+    build_dir = _build(verilog.convert(component, name=name), name, waves=waves)
+
+    module_name, module_dir = _module_spec(module)
+    test_id = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0].split("::")[-1]
+    run_dir = build_dir / "runs" / _safe(f"{test_id or module_name}-{os.getpid()}")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    results = run_dir / "results.xml"
+    log = run_dir / "sim.log"
+
+    env = {_PARAMS_ENV: json.dumps(params or {}), "COCOTB_ANSI_OUTPUT": "0"}
+    env.update(extra_env or {})
+    # cocotb_tools hands the simulator our sys.path as its PYTHONPATH (and lets os.environ
+    # override extra_env), so a testbench folder has to be on sys.path here.
+    if module_dir is not None and module_dir not in sys.path:
+        sys.path.append(module_dir)
+
+    plusargs = [f"+dumpfile_path={run_dir / (name + '.fst')}"] if waves else []
+    runner = _make_runner()
+    simulator_exit = None
+    try:
+        runner.test(test_module=module_name, hdl_toplevel=name, hdl_toplevel_lang="verilog",
+                    build_dir=build_dir, test_dir=run_dir, results_xml=str(results),
+                    testcase=testcase, seed=seed, extra_env=env, plusargs=plusargs,
+                    waves=waves, log_file=log)
+    except SystemExit as exc:  # cocotb_tools reports failures under pytest by sys.exit()
+        simulator_exit = exc.code
+    except RuntimeError as exc:
+        simulator_exit = str(exc)
+
+    failed = _failures(results) if results.is_file() else [("(simulation)", "error",
+                                                            "no results file written")]
+    if failed or simulator_exit not in (None, 0):
+        lines = [f"cocotb {module_name} on {name} failed, seed {seed} "
+                 f"(reproduce with {_SEED_ENV}={seed}); run dir {run_dir}"]
+        lines += [f"  {test}: {kind}: {message}" for test, kind, message in failed]
+        if simulator_exit not in (None, 0):
+            lines.append(f"  simulator exit: {simulator_exit}")
+        lines += ["--- tail of sim.log ---", _tail(log)]
+        raise CocotbFailure("\n".join(lines))
+    return run_dir
+
+
+def test_params():
+    """The ``params`` dict :func:`run_cocotb` was given, inside the cocotb testbench."""
+    return json.loads(os.environ.get(_PARAMS_ENV, "{}"))
+
+
+test_params.__test__ = False  # not a pytest test, despite its name
