@@ -73,6 +73,8 @@ class FrameBatch:
         batches = [b for b in batches if len(b)]
         if not batches:
             return FrameBatch.empty()
+        if len(batches) == 1:
+            return batches[0]
         width = max(b.data.shape[1] for b in batches)
         data = np.zeros((sum(len(b) for b in batches), width), np.uint8)
         row = 0

@@ -152,8 +152,7 @@ def tunnel_src_port(dl_dst, dl_src, dl_type, nw_src, nw_dst, nw_proto, tp_src, t
 def ipv4_checksum(headers):
     """RFC 791 header checksum of each row of ``headers`` (uint8, shape (N, 20)) with its
     checksum field as stored. Returns uint16; a correct header (checksum included) gives 0."""
-    words = headers.astype(np.uint32).reshape(len(headers), -1, 2)
-    total = (words[:, :, 0] << 8 | words[:, :, 1]).sum(axis=1)
-    while np.any(total >> 16):
-        total = (total & 0xFFFF) + (total >> 16)
+    total = np.ascontiguousarray(headers).view(">u2").sum(axis=1, dtype=np.uint32)
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
     return (~total & 0xFFFF).astype(np.uint16)

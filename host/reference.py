@@ -35,18 +35,20 @@ _IN_PORT = 3             # emission port code for output:in_port
 
 
 def _be(cols):
-    """Big-endian integer of each row of a (N, n) uint8 matrix, as uint64."""
-    value = np.zeros(len(cols), np.uint64)
-    for k in range(cols.shape[1]):
-        value = value << np.uint64(8) | cols[:, k]
-    return value
+    """Big-endian integer of each row of a (N, n) uint8 matrix (n <= 8), as uint64."""
+    n = cols.shape[1]
+    if n in (1, 2, 4, 8):
+        if cols.strides[1] != 1:
+            cols = np.ascontiguousarray(cols)
+        return cols.view(f">u{n}")[:, 0].astype(np.uint64)
+    padded = np.zeros((len(cols), 8), np.uint8)
+    padded[:, 8 - n:] = cols
+    return padded.view(">u8")[:, 0].astype(np.uint64)
 
 
 def _to_bytes(values, n):
     """(N,) integers -> (N, n) uint8 big-endian."""
-    values = np.asarray(values, np.uint64)
-    shifts = np.arange(8 * (n - 1), -1, -8, dtype=np.uint64)
-    return (values[:, None] >> shifts & np.uint64(0xFF)).astype(np.uint8)
+    return np.asarray(values).astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - n:]
 
 
 def _window(data, start, n):
@@ -61,6 +63,15 @@ def _window(data, start, n):
     out = np.take_along_axis(data, np.minimum(index, width - 1), axis=1)
     out[index >= width] = 0
     return out
+
+
+def _where(cond, a, b):
+    """np.where for a per-row condition, without the copy when every row agrees."""
+    if not cond.any():
+        return b
+    if cond.all():
+        return a
+    return np.where(cond[:, None] if a.ndim == 2 else cond, a, b)
 
 
 @dataclasses.dataclass
@@ -117,10 +128,9 @@ def parse(batch, config):
     fail(tagged_o & (length < 18), DropReason.TRUNCATED)
     etype = np.where(tagged_o, _be(outer[:, 16:18]), _be(outer[:, 12:14]))
     l2o = np.where(tagged_o, 18, 14)
-    shifted = tagged_o[:, None]
-    ip = np.where(shifted, outer[:, 18:38], outer[:, 14:34])
-    udp = np.where(shifted, outer[:, 38:46], outer[:, 34:42])
-    vxlan = np.where(shifted, outer[:, 46:54], outer[:, 42:50])
+    ip = _where(tagged_o, outer[:, 18:38], outer[:, 14:34])
+    udp = _where(tagged_o, outer[:, 38:46], outer[:, 34:42])
+    vxlan = _where(tagged_o, outer[:, 46:54], outer[:, 42:50])
     total_length = _be(ip[:, 2:4]).astype(np.int64)
     candidate = ((drop < 0) & (batch.port == Port.NET) & (etype == ETHERTYPE_IPV4)
                  & (length >= l2o + 20) & (_be(ip[:, 16:20]) == config.local_ip)
@@ -149,7 +159,7 @@ def parse(batch, config):
     tci = np.where(tagged, _be(inner[:, 14:16]), 0)
     dl_type = np.where(tagged, _be(inner[:, 16:18]), itype)
     l2 = np.where(tagged, 18, 14)
-    ipi = np.where(tagged[:, None], inner[:, 18:38], inner[:, 14:34])
+    ipi = _where(tagged, inner[:, 18:38], inner[:, 14:34])
     ihl = (ipi[:, 0] & 15).astype(np.int64)
     has_ip = ((dl_type == ETHERTYPE_IPV4) & (inner_len >= l2 + 20) & (ipi[:, 0] >> 4 == 4)
               & (ihl >= 5) & (inner_len >= l2 + 4 * ihl))
@@ -351,8 +361,9 @@ class Reference:
         for port in Port:
             keys = [k for k, _ in pieces[port]]
             batch = FrameBatch.concat([b for _, b in pieces[port]])
-            if len(batch):
-                batch = batch.take(np.argsort(np.concatenate(keys), kind="stable"))
+            keys = np.concatenate(keys) if keys else keys
+            if len(keys) > 1 and np.any(keys[1:] < keys[:-1]):
+                batch = batch.take(np.argsort(keys, kind="stable"))
             tx[port] += (len(batch), batch.length.sum())
             outputs[port] = batch
         stats = {
@@ -375,11 +386,12 @@ class Reference:
         to_ctl = port == Port.CONTROLLER
         if to_ctl.any():
             pieces[Port.CONTROLLER].append((order_key[to_ctl], chunk.take(index[to_ctl])))
-        keep = ~to_ctl
-        if not keep.any():
+        if to_ctl.all():
             return
-        index, port, order_key = index[keep], port[keep], order_key[keep]
-        p = {k: v[keep] for k, v in p.items()}
+        if to_ctl.any():
+            keep = ~to_ctl
+            index, port, order_key = index[keep], port[keep], order_key[keep]
+            p = {k: v[keep] for k, v in p.items()}
         encap = (p["encap"] != 0) & (port == Port.NET)
         tagged_in = parsed.tagged[index]
         tci_in = parsed.tci[index].astype(np.int64)
@@ -396,14 +408,14 @@ class Reference:
         vni = np.where(p["set_vni"] != 0, p["vni"], parsed.tun_id[index])
         # Frames that share an offset, tag change and encap are edited with plain slices.
         classes = (off * 8 + tagged_in * 4 + tagged_out * 2 + encap).astype(np.int64)
-        for cls in np.unique(classes):
-            sel = np.flatnonzero(classes == cls)
-            o, t_in, t_out, enc = int(off[sel[0]]), bool(tagged_in[sel[0]]), \
-                bool(tagged_out[sel[0]]), bool(encap[sel[0]])
+        kinds = np.unique(classes)
+        for cls in kinds:
+            sel = slice(None) if len(kinds) == 1 else np.flatnonzero(classes == cls)
+            o, t_in, t_out, enc = (int(cls) >> 3, bool(cls & 4), bool(cls & 2), bool(cls & 1))
             rows = index[sel]
-            body = chunk.data[rows, o + 12 + 4 * t_in:]
+            body = np.take(chunk.data, rows, axis=0)[:, o + 12 + 4 * t_in:]
             head = ENCAP_BYTES if enc else 0
-            out = np.empty((len(sel), head + 12 + 4 * t_out + body.shape[1]), np.uint8)
+            out = np.empty((len(rows), head + 12 + 4 * t_out + body.shape[1]), np.uint8)
             if enc:
                 out[:, :head] = self._encap_header(
                     parsed, index[sel], dl_dst[sel], dl_src[sel], inner_len[sel],
@@ -414,12 +426,17 @@ class Reference:
                 out[:, head + 12:head + 14] = (0x81, 0x00)
                 out[:, head + 14:head + 16] = _to_bytes(tci_out[sel], 2)
             out[:, head + 16 if t_out else head + 12:] = body
-            for port_value in np.unique(port[sel]):
-                here = port[sel] == port_value
-                batch = FrameBatch(out[here], (inner_len[sel] + head)[here],
-                                   np.full(here.sum(), port_value, np.uint8),
-                                   chunk.time_ns[rows[here]])
-                pieces[Port(int(port_value))].append((order_key[sel][here], batch))
+            out_len, out_port, key = inner_len[sel] + head, port[sel], order_key[sel]
+            for port_value in np.unique(out_port):
+                here = out_port == port_value
+                if here.all():
+                    batch = FrameBatch(out, out_len, out_port.astype(np.uint8),
+                                       chunk.time_ns[rows])
+                    pieces[Port(int(port_value))].append((key, batch))
+                else:
+                    batch = FrameBatch(out[here], out_len[here], out_port[here].astype(np.uint8),
+                                       chunk.time_ns[rows[here]])
+                    pieces[Port(int(port_value))].append((key[here], batch))
 
     def _encap_header(self, parsed, index, dl_dst, dl_src, inner_len, tun_dst, vni):
         """The 50-byte VXLAN/UDP/IPv4/Ethernet header of each frame (RFC 7348 §5)."""
