@@ -15,8 +15,13 @@ class RuleError(UserError):
     def __init__(self, filename, errors):
         self.filename = filename
         self.errors = list(errors)
-        super().__init__("\n".join(f"{filename}:{line}:{col}: {msg}"
-                                   for line, col, msg in self.errors))
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self):
+        """One ``file:line:column: error: message`` line per error (``file: error: ...`` for an
+        error about the whole file)."""
+        return [f"{self.filename}:{line}:{col}: error: {msg}" if line else
+                f"{self.filename}: error: {msg}" for line, col, msg in self.errors]
 
 
 class PcapError(UserError):
