@@ -123,7 +123,7 @@ def build_parser():
 
 # `openvtep bench NAME` -> the module (in host/) whose add_parser(subparsers, name, formatter)
 # adds the subcommand.
-BENCHES = {}
+BENCHES = {"ref": "bench_ref"}
 
 
 def main(argv=None):

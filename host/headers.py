@@ -123,11 +123,6 @@ SRC_PORT_BASE = 0xC000
 SRC_PORT_MASK = 0x3FFF
 
 
-def _rotl16(x, r):
-    x = x.astype(np.uint32)
-    return ((x << r) | (x >> ((16 - r) % 16))) & 0xFFFF
-
-
 def tunnel_src_port(dl_dst, dl_src, dl_type, nw_src, nw_dst, nw_proto, tp_src, tp_dst):
     """The VXLAN UDP source port for each frame (see the comment above). Arguments are numpy
     integer arrays of the field values (MACs as 48-bit integers), absent fields 0."""
@@ -136,23 +131,27 @@ def tunnel_src_port(dl_dst, dl_src, dl_type, nw_src, nw_dst, nw_proto, tp_src, t
     nw_src = np.asarray(nw_src, dtype=np.uint64)
     nw_dst = np.asarray(nw_dst, dtype=np.uint64)
     words = (
-        dl_dst >> 32, dl_dst >> 16, dl_dst,
-        dl_src >> 32, dl_src >> 16, dl_src,
-        np.asarray(dl_type, dtype=np.uint64),
-        nw_src >> 16, nw_src, nw_dst >> 16, nw_dst,
-        np.asarray(nw_proto, dtype=np.uint64),
-        np.asarray(tp_src, dtype=np.uint64), np.asarray(tp_dst, dtype=np.uint64),
+        dl_dst >> np.uint64(32), dl_dst >> np.uint64(16), dl_dst,
+        dl_src >> np.uint64(32), dl_src >> np.uint64(16), dl_src,
+        dl_type, nw_src >> np.uint64(16), nw_src, nw_dst >> np.uint64(16), nw_dst,
+        nw_proto, tp_src, tp_dst,
     )
     h = np.zeros(np.broadcast(*words).shape, dtype=np.uint32)
     for word, rot in zip(words, HASH_ROTATIONS):
-        h ^= _rotl16((word & 0xFFFF).astype(np.uint32), rot)
+        w = np.asarray(word).astype(np.uint32) & 0xFFFF
+        h ^= (w << rot | w >> (16 - rot)) if rot else w
     return (SRC_PORT_BASE | (h & SRC_PORT_MASK)).astype(np.uint16)
 
 
 def ipv4_checksum(headers):
     """RFC 791 header checksum of each row of ``headers`` (uint8, shape (N, 20)) with its
     checksum field as stored. Returns uint16; a correct header (checksum included) gives 0."""
-    total = np.ascontiguousarray(headers).view(">u2").sum(axis=1, dtype=np.uint32)
+    if headers.strides[1] != 1:
+        headers = np.ascontiguousarray(headers)
+    words = headers.view(">u2")
+    total = words[:, 0].astype(np.uint32)
+    for k in range(1, words.shape[1]):
+        total += words[:, k]
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     return (~total & 0xFFFF).astype(np.uint16)

@@ -28,9 +28,8 @@ from .rules import VlanOp
 
 __all__ = ["Reference", "Result", "Parsed", "parse"]
 
-CHUNK = 1 << 17          # frames per internal batch, to bound memory
-_INNER_WINDOW = 18 + 60 + 4  # L2 with tag + longest IPv4 header + L4 ports
-_OUTER_WINDOW = 18 + 20 + 8 + 8
+CHUNK_BYTES = 1 << 22    # frame bytes per internal batch: bounds memory, stays in cache
+_WINDOW = 18 + 60 + 4   # header bytes examined: L2 with tag + longest IPv4 header + L4 ports
 _IN_PORT = 3             # emission port code for output:in_port
 
 
@@ -54,6 +53,8 @@ def _to_bytes(values, n):
 def _window(data, start, n):
     """Bytes [start, start + n) of each row (start: int or (N,) array), zero beyond the row."""
     rows, width = data.shape
+    if not np.isscalar(start) and len(start) and (start == start[0]).all():
+        start = int(start[0])
     if np.isscalar(start):
         out = np.zeros((rows, n), np.uint8)
         have = max(0, min(n, width - start))
@@ -123,7 +124,7 @@ def parse(batch, config):
 
     fail(length < 14, DropReason.RUNT)
     fail(length > config.max_frame, DropReason.OVERSIZE)
-    outer = _window(data, 0, _OUTER_WINDOW)
+    outer = _window(data, 0, _WINDOW)  # also the inner headers of frames not decapsulated
     tagged_o = _be(outer[:, 12:14]) == ETHERTYPE_VLAN
     fail(tagged_o & (length < 18), DropReason.TRUNCATED)
     etype = np.where(tagged_o, _be(outer[:, 16:18]), _be(outer[:, 12:14]))
@@ -150,9 +151,10 @@ def parse(batch, config):
 
     inner_off = np.where(decap, l2o + 36, 0)
     inner_len = length - inner_off
-    inner = _window(data, 0, _INNER_WINDOW)
+    inner = outer
     if decap.any():
-        inner[decap] = _window(data[decap], inner_off[decap], _INNER_WINDOW)
+        inner = outer.copy()
+        inner[decap] = _window(data[decap], inner_off[decap], _WINDOW)
     itype = _be(inner[:, 12:14])
     tagged = itype == ETHERTYPE_VLAN
     fail(tagged & (inner_len < 18), DropReason.TRUNCATED)
@@ -314,9 +316,15 @@ class Reference:
         self.rules = list(ruleset)
         self._classifier = _Classifier(ruleset)
         self._emissions = _Emissions(ruleset)
-        self._eth_template = np.frombuffer(
-            _to_bytes([config.gateway_mac], 6).tobytes() + _to_bytes([config.local_mac], 6)
-            .tobytes() + bytes([0x08, 0x00]), np.uint8)
+        # The encapsulation header's constant bytes; per-frame fields are filled in later.
+        cfg = config
+        self._encap_template = np.frombuffer(
+            cfg.gateway_mac.to_bytes(6, "big") + cfg.local_mac.to_bytes(6, "big")
+            + ETHERTYPE_IPV4.to_bytes(2, "big")
+            + bytes([0x45, 0, 0, 0, 0, 0, IPV4_DF >> 8, IPV4_DF & 0xFF, cfg.ttl, IPPROTO_UDP,
+                     0, 0]) + cfg.local_ip.to_bytes(4, "big") + bytes(4)
+            + bytes(2) + cfg.udp_port.to_bytes(2, "big") + bytes(4)
+            + bytes([VXLAN_FLAG_I, 0, 0, 0, 0, 0, 0, 0]), np.uint8)
 
     def run(self, frames):
         """Process a FrameBatch (or a list of ``(port, bytes)``) in order."""
@@ -330,8 +338,9 @@ class Reference:
         drops = np.zeros(len(DropReason), np.int64)
         pieces = {port: [] for port in Port}
         rules_out, drops_out = [], []
-        for start in range(0, max(len(frames), 1), CHUNK):
-            chunk = frames.take(slice(start, start + CHUNK))
+        step = max(1024, CHUNK_BYTES // max(frames.data.shape[1], 1))
+        for start in range(0, max(len(frames), 1), step):
+            chunk = frames.take(slice(start, start + step))
             if not len(chunk):
                 break
             parsed = parse(chunk, self.config)
@@ -408,7 +417,7 @@ class Reference:
         vni = np.where(p["set_vni"] != 0, p["vni"], parsed.tun_id[index])
         # Frames that share an offset, tag change and encap are edited with plain slices.
         classes = (off * 8 + tagged_in * 4 + tagged_out * 2 + encap).astype(np.int64)
-        kinds = np.unique(classes)
+        kinds = np.flatnonzero(np.bincount(classes))
         for cls in kinds:
             sel = slice(None) if len(kinds) == 1 else np.flatnonzero(classes == cls)
             o, t_in, t_out, enc = (int(cls) >> 3, bool(cls & 4), bool(cls & 2), bool(cls & 1))
@@ -427,7 +436,7 @@ class Reference:
                 out[:, head + 14:head + 16] = _to_bytes(tci_out[sel], 2)
             out[:, head + 16 if t_out else head + 12:] = body
             out_len, out_port, key = inner_len[sel] + head, port[sel], order_key[sel]
-            for port_value in np.unique(out_port):
+            for port_value in np.flatnonzero(np.bincount(out_port)):
                 here = out_port == port_value
                 if here.all():
                     batch = FrameBatch(out, out_len, out_port.astype(np.uint8),
@@ -440,26 +449,13 @@ class Reference:
 
     def _encap_header(self, parsed, index, dl_dst, dl_src, inner_len, tun_dst, vni):
         """The 50-byte VXLAN/UDP/IPv4/Ethernet header of each frame (RFC 7348 §5)."""
-        n = len(index)
-        cfg = self.config
-        h = np.zeros((n, ENCAP_BYTES), np.uint8)
-        h[:, 0:14] = self._eth_template
-        ip = h[:, 14:34]
-        ip[:, 0] = 0x45
-        ip[:, 2:4] = _to_bytes(36 + inner_len, 2)
-        ip[:, 6:8] = (IPV4_DF >> 8, IPV4_DF & 0xFF)
-        ip[:, 8] = cfg.ttl
-        ip[:, 9] = IPPROTO_UDP
-        ip[:, 12:16] = _to_bytes([cfg.local_ip], 4)
-        ip[:, 16:20] = _to_bytes(tun_dst, 4)
-        ip[:, 10:12] = _to_bytes(ipv4_checksum(ip), 2)
-        sport = tunnel_src_port(dl_dst, dl_src, parsed.dl_type[index], parsed.nw_src[index],
-                                parsed.nw_dst[index], parsed.nw_proto[index],
-                                parsed.tp_src[index], parsed.tp_dst[index])
-        h[:, 34:36] = _to_bytes(sport, 2)
-        h[:, 36:38] = (cfg.udp_port >> 8, cfg.udp_port & 0xFF)
+        h = np.broadcast_to(self._encap_template, (len(index), ENCAP_BYTES)).copy()
+        h[:, 16:18] = _to_bytes(36 + inner_len, 2)
+        h[:, 30:34] = _to_bytes(tun_dst, 4)
+        h[:, 24:26] = _to_bytes(ipv4_checksum(h[:, 14:34]), 2)
+        h[:, 34:36] = _to_bytes(tunnel_src_port(
+            dl_dst, dl_src, parsed.dl_type[index], parsed.nw_src[index], parsed.nw_dst[index],
+            parsed.nw_proto[index], parsed.tp_src[index], parsed.tp_dst[index]), 2)
         h[:, 38:40] = _to_bytes(16 + inner_len, 2)
-        h[:, 42] = VXLAN_FLAG_I
         h[:, 46:49] = _to_bytes(vni, 3)
         return h
-
