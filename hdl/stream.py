@@ -20,7 +20,7 @@ from amaranth.hdl import Module, Shape
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["packet_layout", "packet_signature", "RegisterSlice", "PacketFifo"]
+__all__ = ["PacketFifo", "RegisterSlice", "packet_layout", "packet_signature"]
 
 
 def _check_width(width):

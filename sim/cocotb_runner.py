@@ -2,7 +2,7 @@
 
 The pytest side calls :func:`run_cocotb`; the cocotb side (a testbench module, by convention
 ``tests/<area>/tb_<block>.py``, which pytest does not collect) reads its parameters with
-:func:`test_params` and seeds its randomness from ``cocotb.RANDOM_SEED``::
+:func:`test_params` and seeds its randomness with :func:`test_seed`::
 
     # tests/hdl/test_thing.py
     from pathlib import Path
@@ -15,11 +15,12 @@ The pytest side calls :func:`run_cocotb`; the cocotb side (a testbench module, b
 
     # tests/hdl/tb_thing.py
     import cocotb
-    from openvtep.sim.cocotb_runner import test_params
+    from openvtep.sim.cocotb_runner import test_params, test_seed
 
     @cocotb.test()
     async def frames(dut):
         width = test_params()["width"]
+        rng = random.Random(test_seed())
         ...
 
 Builds are cached under ``build/sim/<name>-<hash of the Verilog>/`` (``OPENVTEP_SIM_BUILD``
@@ -40,12 +41,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["run_cocotb", "test_params", "CocotbFailure", "TIMESCALE"]
+__all__ = ["TIMESCALE", "CocotbFailure", "run_cocotb", "test_params", "test_seed"]
 
 TIMESCALE = ("1ns", "1ps")
 
 _PARAMS_ENV = "OPENVTEP_PARAMS"
 _SEED_ENV = "OPENVTEP_SEED"
+_RUN_SEED_ENV = "OPENVTEP_RUN_SEED"  # the seed as passed to the simulator process
 
 
 class CocotbFailure(AssertionError):
@@ -74,10 +76,24 @@ def _make_runner():
     return get_runner("icarus")
 
 
-def _build(verilog_text, name, *, waves):
-    """Compile ``verilog_text`` once per distinct design; return the build directory."""
+def _to_verilog(component, name, rtlil_text):
+    """What ``amaranth.back.verilog.convert(component, name=name)`` returns, from the RTLIL
+    already made (the Yosys step is the slow part; it only runs on a cache miss)."""
+    from amaranth.back import verilog
+    try:
+        return verilog._convert_rtlil_text(rtlil_text)
+    except AttributeError:  # a later Amaranth without that helper: elaborate again
+        return verilog.convert(component, name=name)
+
+
+def _build(component, name, *, waves):
+    """Compile ``component`` once per distinct design; return the build directory."""
+    from amaranth.back import rtlil
+
+    # Cache key: the RTLIL (pure Python, fast), so a cached design skips Yosys too.
+    rtlil_text = rtlil.convert(component, name=name)
     key = hashlib.sha256(
-        "\0".join([verilog_text, name, repr(TIMESCALE), str(waves)]).encode()).hexdigest()[:16]
+        "\0".join([rtlil_text, name, repr(TIMESCALE), str(waves)]).encode()).hexdigest()[:16]
     root = _build_root()
     final = root / f"{name}-{key}"
     if (final / "sim.vvp").is_file():
@@ -89,7 +105,7 @@ def _build(verilog_text, name, *, waves):
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=root))
     try:
         source = tmp / f"{name}.v"
-        source.write_text(verilog_text)
+        source.write_text(_to_verilog(component, name, rtlil_text))
         runner = _make_runner()
         runner.build(sources=[source], hdl_toplevel=name, build_dir=tmp, timescale=TIMESCALE,
                      waves=waves, always=True, log_file=tmp / "build.log")
@@ -140,9 +156,9 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
     Parameters
     ----------
     component : amaranth.lib.wiring.Component
-        The design under test. Converted with ``amaranth.back.verilog.convert(component,
-        name=name)``: its ports appear as ``i__valid``, ``i__payload``, ``o__ready``, ...,
-        plus ``clk`` and ``rst`` if it has a ``sync`` domain.
+        The design under test, converted as ``amaranth.back.verilog.convert(component,
+        name=name)`` would: its ports appear as ``i__valid``, ``i__payload``, ``o__ready``,
+        ..., plus ``clk`` and ``rst`` if it has a ``sync`` domain.
     module : str or path-like
         The cocotb test module: a dotted module name importable from ``sys.path``, or the path
         of a ``.py`` file (its folder is put on the simulator's ``PYTHONPATH``).
@@ -151,8 +167,8 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
     params : dict, optional
         JSON-serialisable parameters for the testbench, read there with :func:`test_params`.
     seed : int, optional
-        Random seed (``cocotb.RANDOM_SEED`` in the testbench). Default: ``$OPENVTEP_SEED`` if
-        set, else a random one. Printed either way.
+        Random seed (:func:`test_seed` in the testbench; also ``COCOTB_RANDOM_SEED``).
+        Default: ``$OPENVTEP_SEED`` if set, else a random one. Printed either way.
     testcase : str or list of str, optional
         Only run these cocotb tests of ``module`` (default: all).
     extra_env : dict, optional
@@ -164,26 +180,27 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
     Raises :class:`CocotbFailure` (an ``AssertionError``) if a cocotb test fails, errors, or the
     simulator dies; the message names the seed and includes the failing tests and log tail.
     """
-    from amaranth.back import verilog
-
+    __tracebackhide__ = True  # pytest: show the failure message, not this function
     if seed is None:
         seed = os.environ.get(_SEED_ENV) or os.environ.get("COCOTB_RANDOM_SEED")
         seed = int(seed) if seed else random.SystemRandom().randrange(1 << 31)
     waves = waves or os.environ.get("WAVES", "0") not in ("", "0")
     print(f"cocotb: {name}: seed {seed} (reproduce with {_SEED_ENV}={seed})")
 
-    build_dir = _build(verilog.convert(component, name=name), name, waves=waves)
+    build_dir = _build(component, name, waves=waves)
 
     module_name, module_dir = _module_spec(module)
+    # One run directory per pytest test (reused from session to session), else per process.
     test_id = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0].split("::")[-1]
-    run_dir = build_dir / "runs" / _safe(f"{test_id or module_name}-{os.getpid()}")
+    run_dir = build_dir / "runs" / _safe(test_id or f"{module_name}-{os.getpid()}")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     results = run_dir / "results.xml"
     log = run_dir / "sim.log"
 
-    env = {_PARAMS_ENV: json.dumps(params or {}), "COCOTB_ANSI_OUTPUT": "0"}
+    env = {_PARAMS_ENV: json.dumps(params or {}), _RUN_SEED_ENV: str(seed),
+           "COCOTB_ANSI_OUTPUT": "0"}
     env.update(extra_env or {})
     # cocotb_tools hands the simulator our sys.path as its PYTHONPATH (and lets os.environ
     # override extra_env), so a testbench folder has to be on sys.path here.
@@ -206,10 +223,10 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
     failed = _failures(results) if results.is_file() else [("(simulation)", "error",
                                                             "no results file written")]
     if failed or simulator_exit not in (None, 0):
-        lines = [f"cocotb {module_name} on {name} failed, seed {seed} "
-                 f"(reproduce with {_SEED_ENV}={seed}); run dir {run_dir}"]
+        lines = [(f"cocotb {module_name} on {name} failed, seed {seed} "
+                  f"(reproduce with {_SEED_ENV}={seed}); run dir {run_dir}")]
         lines += [f"  {test}: {kind}: {message}" for test, kind, message in failed]
-        if simulator_exit not in (None, 0):
+        if not failed:
             lines.append(f"  simulator exit: {simulator_exit}")
         lines += ["--- tail of sim.log ---", _tail(log)]
         raise CocotbFailure("\n".join(lines))
@@ -221,4 +238,11 @@ def test_params():
     return json.loads(os.environ.get(_PARAMS_ENV, "{}"))
 
 
-test_params.__test__ = False  # not a pytest test, despite its name
+def test_seed():
+    """The seed :func:`run_cocotb` printed, inside the cocotb testbench: seed the testbench's
+    ``random.Random`` with it and name it in failure messages. (``cocotb.RANDOM_SEED`` is a
+    per-test value derived from it, which does not reproduce the run by itself.)"""
+    return int(os.environ[_RUN_SEED_ENV])
+
+
+test_params.__test__ = test_seed.__test__ = False  # not pytest tests, despite their names

@@ -25,10 +25,9 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.simtime import convert, get_sim_time
 from cocotb.triggers import Event, First, RisingEdge, Timer
-
 from openvtep.hdl.stream import packet_layout
 
-__all__ = ["SimClock", "PacketSource", "PacketSink", "hexdiff", "assert_frames_equal"]
+__all__ = ["PacketSink", "PacketSource", "SimClock", "assert_frames_equal", "hexdiff"]
 
 
 def _reader(handle):
@@ -77,7 +76,7 @@ class SimClock:
         self._t0 = get_sim_time("step")
         self._period_steps = convert(self.period_ns, "ns", to="step")
         # Low first, so the first rising edge is half a period in: cycle 1.
-        Clock(self.clk, self.period_ns, unit="ns").start(start_high=False)
+        Clock(self.clk, self.period_ns, unit="ns", impl="gpi").start(start_high=False)
         await self.cycles(reset_cycles)
         if self.rst is not None:
             self.rst.value = 0
@@ -189,6 +188,7 @@ class PacketSource:
         last_bit = 1 << self._pack.last_off
         rng, idle = self.rng, self.idle
         current = None  # the beat on the port, not yet transferred
+        driven = False  # valid as last written: writes cost, so only write changes
         while True:
             await edge
             if current is not None and ready():
@@ -210,9 +210,10 @@ class PacketSource:
                         del self._beats[:self._next]
                         self._next = 0
                     payload.value = current
-                    valid.value = 1
-                else:
-                    valid.value = 0
+                    if not driven:
+                        valid.value = driven = 1
+                elif driven:
+                    valid.value = driven = 0
 
 
 class PacketSink:
@@ -354,7 +355,7 @@ def hexdiff(expected, got, *, columns=16, context=2):
             continue
         skipped = False
         mark = "!" if differ[r] else " "
-        lines.append(f"{r * columns:04x}{mark}   {cells(expected, r)}  {cells(got, r)}")
+        lines.append(f"{r * columns:04x}{mark}   {cells(expected, r)}  {cells(got, r)}".rstrip())
     return "\n".join(lines)
 
 
