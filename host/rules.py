@@ -345,7 +345,7 @@ def _parse_line(line, number):
                                                            (IPPROTO_UDP, 0xFF))):
             raise _Bad(columns[field], f"{field} needs tcp or udp (nw_proto=6 or 17)")
     actions = []
-    for token in re.finditer(r"[^,]+", actions_text):
+    for token in re.finditer(r"[^,\s][^,]*", actions_text):
         text = token.group().strip()
         if text:
             actions.append(_parse_action(text, actions_col + token.start()))
