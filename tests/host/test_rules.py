@@ -8,6 +8,7 @@ and every refusal with the line and column it names. Nothing is ever half-loaded
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from openvtep.errors import RuleError, UserError
 from openvtep.headers import NO_VLAN, Port
 from openvtep.rules import DEFAULT_PRIORITY, FIELDS, Emission, VlanOp, load_rules, parse_rules
