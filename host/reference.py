@@ -351,7 +351,8 @@ class Reference:
             drop = parsed.drop.copy()
             drop[ok & (rule < 0)] = DropReason.TABLE_MISS
             matched = rule >= 0
-            emits = np.where(matched, self._emissions.count[np.maximum(rule, 0)], 0)
+            emits = np.where(matched, self._emissions.count[np.maximum(rule, 0)], 0) \
+                if n_rules else np.zeros(len(chunk), np.int64)  # no rules: all table misses
             drop[matched & (emits == 0)] = DropReason.ACTION_DROP
             rule_packets += np.bincount(rule[matched], minlength=n_rules)
             rule_bytes += np.bincount(rule[matched], weights=parsed.inner_len[matched],
