@@ -12,12 +12,22 @@ from amaranth.lib.wiring import In, Out
 from .. import headers as h
 from ..headers import DropReason, Port
 from ..rules import VlanOp
-from .headers import (UDP, VXLAN, EditCommand, Ethernet, IPv4, OutPort, ParsedHeaders, byteswap,
-                      port_packet_layout, to_wire)
+from .headers import (
+    UDP,
+    VXLAN,
+    EditCommand,
+    Ethernet,
+    IPv4,
+    OutPort,
+    ParsedHeaders,
+    byteswap,
+    port_packet_layout,
+    to_wire,
+)
 from .parser import ones_complement_sum
 from .stream import packet_signature
 
-__all__ = ["Editor", "tunnel_src_port", "HEADER_BYTES"]
+__all__ = ["HEADER_BYTES", "Editor", "tunnel_src_port"]
 
 _MAC_BYTES = 12  # dl_dst, dl_src: what every non-raw output header starts with
 # The longest header the editor writes in front of the copied tail: encap, MACs, a VLAN tag.

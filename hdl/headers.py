@@ -25,9 +25,20 @@ from ..rules import VlanOp
 from .stream import packet_layout
 
 __all__ = [
-    "byteswap", "from_wire", "to_wire", "header_struct",
-    "Ethernet", "VlanTag", "IPv4", "UDP", "VXLAN",
-    "ParsedHeaders", "EditCommand", "OutPort", "port_packet_layout", "command_from_emission",
+    "UDP",
+    "VXLAN",
+    "EditCommand",
+    "Ethernet",
+    "IPv4",
+    "OutPort",
+    "ParsedHeaders",
+    "VlanTag",
+    "byteswap",
+    "command_from_emission",
+    "from_wire",
+    "header_struct",
+    "port_packet_layout",
+    "to_wire",
 ]
 
 

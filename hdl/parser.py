@@ -5,17 +5,25 @@ length checks, the VXLAN tunnel-candidate checks in their documented order (RFC 
 checksum, RFC 7348 §5 VXLAN I flag), decapsulation, and the match fields of the (inner) frame.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .. import headers as h
 from ..headers import DropReason, Port
-from .headers import (IPv4, UDP, VXLAN, Ethernet, ParsedHeaders, byteswap, from_wire,
-                      port_packet_layout)
+from .headers import (
+    UDP,
+    VXLAN,
+    Ethernet,
+    IPv4,
+    ParsedHeaders,
+    byteswap,
+    from_wire,
+    port_packet_layout,
+)
 from .stream import packet_signature
 
-__all__ = ["Parser", "WINDOW_BYTES", "INNER_WINDOW_BYTES", "ones_complement_sum"]
+__all__ = ["INNER_WINDOW_BYTES", "WINDOW_BYTES", "Parser", "ones_complement_sum"]
 
 _TAGGED_L2 = h.ETH_BYTES + h.VLAN_BYTES
 _TUNNEL_HEADERS = h.IPV4_BYTES + h.UDP_BYTES + h.VXLAN_BYTES  # 36: after the outer L2 header

@@ -2,23 +2,21 @@
 for frame with the reference model (``openvtep.reference``).
 
 Run from ``tests/hdl/test_editor.py``. Parameters (``test_params()``): ``width``, ``frames``,
-``idle`` and ``backpressure`` (probabilities), ``max_frame``; for ``line_rate``: ``ops``,
-``sizes``, ``count`` and optionally ``results`` (a JSON file to write the measurements to).
+``idle`` and ``backpressure`` (probabilities); for ``line_rate`` (defined in
+``openvtep.bench_rtl``, which ``openvtep bench rtl`` runs): ``ops``, ``sizes``, ``count``.
 """
 
-import json
 import random
 import time
 
 import cocotb
-
-from openvtep.headers import DropReason, Port
+import vtep_frames as vf
+from openvtep.bench_rtl import line_rate  # noqa: F401  (a cocotb test, run from here too)
 from openvtep.hdl.datapath import datapath_layout
 from openvtep.hdl.headers import port_packet_layout
+from openvtep.headers import DropReason, Port
 from openvtep.sim.cocotb_runner import test_params
 from openvtep.sim.stream import PacketSink, PacketSource, SimClock, hexdiff
-
-import vtep_frames as vf
 
 
 def _drops(dut):
@@ -71,8 +69,9 @@ async def random_frames(dut):
                   clock.cycle, clock.cycle / (time.perf_counter() - started))
     _check_outputs(want, sink, seed)
     got = _drops(dut)
-    assert got == drops, "drop counters differ (seed %d): %s" % (seed, ", ".join(
-        f"{r.label} {g} (expected {d})" for r, g, d in zip(DropReason, got, drops) if g != d))
+    differ = ", ".join(f"{r.label} {g} (expected {d})"
+                       for r, g, d in zip(DropReason, got, drops) if g != d)
+    assert got == drops, f"drop counters differ (seed {seed}): {differ}"
 
 
 @cocotb.test()
@@ -142,73 +141,3 @@ async def _count_beats(dut, clock, taken):
             seen_reset = True
         elif int(dut.i__valid.value) and int(dut.i__ready.value):
             taken[seen_reset] += 1
-
-
-def op_frame(rng, op, size):
-    """``(port, frame, rule)`` of a frame of ``size`` input bytes for a line-rate operation."""
-    if op == "decap":
-        inner = vf.eth(vf.mac(rng), vf.mac(rng), 0x0800) + rng.randbytes(size - 64)
-        return Port.NET, vf.vxlan_frame(rng, inner, vni=42), "priority=0,actions=output:host"
-    tagged = op == "vlan_pop"
-    frame = vf.eth(vf.mac(rng), vf.mac(rng), 0x0800, 5 if tagged else None)
-    frame += rng.randbytes(size - len(frame))
-    rule = {
-        "pass": "priority=0,actions=output:net",
-        "encap": "priority=0,actions=set_tunnel:42,set_field:198.18.0.2->tun_dst,output:net",
-        "vlan_push": "priority=0,actions=mod_vlan_vid:5,output:net",
-        "vlan_pop": "priority=0,actions=strip_vlan,output:net",
-    }[op]
-    return Port.HOST, frame, rule
-
-
-MIN_SIZE = {"decap": 64, "vlan_pop": 18}  # an outer header and 14 bytes; a tag
-OUT_GROWTH = {"pass": 0, "encap": 50, "decap": -50, "vlan_push": 4, "vlan_pop": -4}
-
-
-@cocotb.test()
-async def line_rate(dut):
-    """Back-to-back frames of n bytes, no gaps, no backpressure: in steady state each takes
-    exactly ceil(max(n_in, n_out) / W) cycles (zero bubbles), for every operation."""
-    p = test_params()
-    width, seed, count = p["width"], cocotb.RANDOM_SEED, p.get("count", 12)
-    rng = random.Random(seed)
-    clock = SimClock(dut)
-    source, sink = _setup(dut, width, clock, rng)
-    await clock.start()
-    records, failures = [], []
-    started, start_cycle = time.perf_counter(), clock.cycle
-    for op in p["ops"]:
-        for size in p["sizes"]:
-            if size < MIN_SIZE.get(op, 14):
-                continue
-            port, frame, rule = op_frame(rng, op, size)
-            frames = [(port, frame)] * count
-            outputs, commands, _ = vf.expected(frames, [rule] * count)
-            assert all(o is not None for o in outputs), f"{op} n={size}: reference drops it"
-            first_out = len(sink.frames)
-            first_in = len(source.frame_cycles)
-            for command in commands:
-                source.send(frame, port=int(port), cmd=command)
-            await sink.wait_frames(first_out + count, timeout_cycles=count * 200 + 200)
-            _check_outputs(outputs, sink, seed, first=first_out)
-            n_out = size + OUT_GROWTH[op]
-            ideal = -(-max(size, n_out) // width)
-            starts = [c[0] for c in sink.frame_cycles[first_out:]]
-            gaps = [b - a for a, b in zip(starts, starts[1:])]
-            steady = gaps[len(gaps) // 2:]  # the second half: past the pipeline fill
-            latency = sink.frame_cycles[first_out][0] - source.frame_cycles[first_in][0]
-            per_frame = sum(steady) / len(steady)
-            records.append({"op": op, "width": width, "frame_bytes": size,
-                            "cycles_per_frame": per_frame, "ideal_cycles": ideal,
-                            "latency_cycles": latency})
-            if any(g != ideal for g in steady):
-                failures.append(f"{op} n={size}: output frame starts {gaps} cycles apart, "
-                                f"ideal {ideal}")
-            await clock.cycles(40)  # drain before the next operation
-    rate = (clock.cycle - start_cycle) / (time.perf_counter() - started)
-    if p.get("results"):
-        with open(p["results"], "w") as f:
-            json.dump({"records": records, "cycles_per_second": rate}, f)
-    for record in records:
-        dut._log.info("%s", record)
-    assert not failures, "\n".join(failures)

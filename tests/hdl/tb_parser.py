@@ -9,15 +9,13 @@ Run from ``tests/hdl/test_parser.py``. Parameters: ``width``, ``frames``, ``idle
 import random
 
 import cocotb
-
+import vtep_frames as vf
 from openvtep.frames import FrameBatch
-from openvtep.headers import DropReason
 from openvtep.hdl.headers import ParsedHeaders, port_packet_layout, unpack
+from openvtep.headers import DropReason
 from openvtep.reference import parse
 from openvtep.sim.cocotb_runner import test_params
 from openvtep.sim.stream import PacketSink, PacketSource, SimClock, assert_frames_equal
-
-import vtep_frames as vf
 
 # Record field -> reference Parsed field (compared when the frame is not dropped).
 FIELDS = {

@@ -11,12 +11,21 @@ import random
 import struct
 
 import numpy as np
-
 from openvtep.config import VtepConfig
 from openvtep.frames import FrameBatch
-from openvtep.headers import (ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, IPPROTO_TCP,
-                              IPPROTO_UDP, IPV4_DF, VXLAN_FLAG_I, DropReason, Port, ipv4_checksum)
 from openvtep.hdl.headers import EditCommand, command_from_emission, pack
+from openvtep.headers import (
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_VLAN,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_DF,
+    VXLAN_FLAG_I,
+    DropReason,
+    Port,
+    ipv4_checksum,
+)
 from openvtep.reference import Reference
 from openvtep.rules import parse_rules
 
