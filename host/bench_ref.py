@@ -12,6 +12,7 @@ reference's, so the engines are known to do the same work. JSON: a list of
 ``{"engine", "op", "frame_bytes", "frames_per_s", "frames", "seconds"}``.
 """
 
+import argparse
 import json
 import struct
 import time
@@ -306,9 +307,10 @@ def _cmd(args):
     return 0
 
 
-def add_parser(subparsers, name, formatter):
+def add_parser(subparsers):
+    """Add ``ref`` to a ``bench`` subcommand's subparsers."""
     p = subparsers.add_parser(
-        name, formatter_class=formatter,
+        "ref", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="reference model vs dpkt/scapy VTEPs: frames/s for encap and decap",
         description=__doc__.split("\n\n")[0] + " Encap and decap at 64/512/1500-byte frames.",
         epilog="example: openvtep bench ref --json out/bench-ref.json --plot out/bench-ref.png")

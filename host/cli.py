@@ -5,6 +5,7 @@ exit non-zero, never with a traceback.
 """
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -115,15 +116,13 @@ def build_parser():
 
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    for name, module in BENCHES.items():
-        __import__(f"openvtep.{module}", fromlist=["add_parser"]).add_parser(
-            bench_sub, name, _defaults_formatter)
+    for module in BENCHES:
+        importlib.import_module(f"openvtep.{module}").add_parser(bench_sub)
     return parser
 
 
-# `openvtep bench NAME` -> the module (in host/) whose add_parser(subparsers, name, formatter)
-# adds the subcommand.
-BENCHES = {"ref": "bench_ref"}
+# Modules (in host/) whose add_parser(subparsers) adds an `openvtep bench` subcommand.
+BENCHES = ("bench_ref", "bench_rtl")
 
 
 def main(argv=None):
