@@ -9,11 +9,14 @@ import os
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 from openvtep.errors import RuleError
 from openvtep.frames import FrameBatch
 from openvtep.headers import Port
 from openvtep.rules import parse_rules
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 # Addresses: tunnel endpoints only in 198.18.0.0/15 (RFC 2544 benchmarking range).
 LOCAL_IP = 0xC6120001      # 198.18.0.1, our VTEP

@@ -86,7 +86,7 @@ def in_netns(name, fn):
                     err = ctypes.get_errno()
                     raise OSError(err, f"setns({name}): {os.strerror(err)}")
             out["value"] = fn()
-        except Exception as exc:  # re-raised in the caller
+        except Exception as exc:  # noqa: BLE001 -- re-raised in the calling thread
             out["error"] = exc
 
     thread = threading.Thread(target=run)
