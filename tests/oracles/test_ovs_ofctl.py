@@ -303,7 +303,7 @@ def _only_duplicates(exc):
 
 
 # OPENVTEP_ORACLE_EXAMPLES=2000 for a long hunt.
-SETTINGS = settings(max_examples=int(os.environ.get("OPENVTEP_ORACLE_EXAMPLES", 60)),
+SETTINGS = settings(max_examples=int(os.environ.get("OPENVTEP_ORACLE_EXAMPLES", "60")),
                     deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

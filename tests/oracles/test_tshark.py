@@ -216,65 +216,14 @@ def test_random_outputs(tmp_path, tshark_home, seed):
     assert encapsulated >= 20, (seed, encapsulated)
 
 
-@pytest.fixture(scope="module")
-def encapsulated(tmp_path_factory):
-    """One seed's net output, with its reference bookkeeping, to corrupt."""
-    config, ruleset, inputs, result = random_run(0)
-    emissions = expected_emissions(ruleset, inputs.port, result)[Port.NET]
-    return config, inputs, parse(inputs, config), result.outputs[Port.NET], emissions
-
-
-def _corrupt(tmp_path, home, encapsulated, edit):
-    """Apply ``edit(frame_bytearray, emission)`` to the first encapsulated inner-TCP frame and
-    return the problems and disagreements tshark's checks find with it."""
-    config, inputs, parsed, outputs, emissions = encapsulated
-    frames = outputs.frames()
-    for n, (_, e) in enumerate(emissions):
-        if e.tun_dst is not None and frames[n][50 + 12:50 + 14] == b"\x08\x00" \
-                and frames[n][50 + 14 + 9] == 6 and len(frames[n]) > 50 + 14 + 20 + 20:
-            break
-    else:
-        pytest.fail("seed 0 has no encapsulated TCP frame to corrupt")
-    i, e = emissions[n]
-    frame = bytearray(frames[n])
-    edit(frame)
-    pcap = tmp_path / "corrupt.pcap"
-    write_pcap(pcap, FrameBatch.from_frames([bytes(frame)], port=Port.NET))
-    return check_port(run_tshark(home, pcap), Port.NET, read_pcap(pcap, Port.NET), [(i, e)],
-                      inputs, parsed, config)
-
-
-def _flip(offset, mask=0xFF):
+def _flip(offset):
     def edit(frame):
-        frame[offset] ^= mask
+        frame[offset] ^= 0x01
     return edit
 
 
-def test_corrupt_outer_ip_checksum_is_reported(tmp_path, tshark_home, encapsulated):
-    errors = _corrupt(tmp_path, tshark_home, encapsulated, _flip(14 + 10))
-    assert any("ip.checksum.status" in e for e in errors), errors
-    assert any("expert error: Bad checksum" in e for e in errors), errors
-
-
-def test_corrupt_inner_tcp_payload_is_reported(tmp_path, tshark_home, encapsulated):
-    errors = _corrupt(tmp_path, tshark_home, encapsulated, _flip(-1))
-    assert any("tcp.checksum.status" in e for e in errors), errors
-
-
-def test_truncated_frame_is_malformed(tmp_path, tshark_home, encapsulated):
-    def truncate(frame):
-        del frame[14 + 20 + 5:]
-    errors = _corrupt(tmp_path, tshark_home, encapsulated, truncate)
-    assert any("malformed packet" in e for e in errors), errors
-
-
-@pytest.mark.parametrize("offset,field", [
-    (14 + 16 + 3, "ip.dst"), (14 + 20 + 8 + 6, "vxlan.vni"), (14 + 20 + 1, "udp.srcport"),
-    (14 + 20 + 3, "udp.dstport"), (14 + 8, "ip.ttl"), (50 + 11, "eth.src"),
-])
-def test_corrupt_header_disagrees(tmp_path, tshark_home, encapsulated, offset, field):
-    """A wrong byte in a header that is still well formed: only the comparison of tshark's decode
-    with the reference's intent can see it (the IPv4 checksum is fixed up afterwards)."""
+def _flip_keep_ip_checksum(offset):
+    """Flip a bit, then fix the outer IPv4 header checksum: the frame stays well formed."""
     def edit(frame):
         frame[offset] ^= 0x01
         frame[24:26] = b"\0\0"
@@ -282,5 +231,80 @@ def test_corrupt_header_disagrees(tmp_path, tshark_home, encapsulated, offset, f
         while total >> 16:
             total = (total & 0xFFFF) + (total >> 16)
         frame[24:26] = (~total & 0xFFFF).to_bytes(2, "big")
-    errors = _corrupt(tmp_path, tshark_home, encapsulated, edit)
-    assert any(e.split(": ", 1)[1].startswith(field) for e in errors), errors
+    return edit
+
+
+def _truncate(frame):
+    del frame[14 + 20 + 5:]
+
+
+# Broken copies of one encapsulated frame (outer Ethernet 0, IPv4 14, UDP 34, VXLAN 42, inner
+# Ethernet 50, inner IPv4 64): the name says which check must catch it.
+CORRUPTIONS = {
+    "intact": lambda frame: None,
+    "outer_ip_checksum": _flip(14 + 10),
+    "inner_tcp_payload": _flip(-1),
+    "truncated": _truncate,
+    "ip.dst": _flip_keep_ip_checksum(14 + 19),
+    "vxlan.vni": _flip_keep_ip_checksum(42 + 6),
+    "udp.srcport": _flip_keep_ip_checksum(34 + 1),
+    "udp.dstport": _flip_keep_ip_checksum(34 + 3),
+    "ip.ttl": _flip_keep_ip_checksum(14 + 8),
+    "eth.src": _flip_keep_ip_checksum(50 + 11),
+}
+
+
+@pytest.fixture(scope="module")
+def corrupted(tmp_path_factory, tshark_home):
+    """What the checks find in each of CORRUPTIONS applied to the first encapsulated inner-TCP
+    frame of seed 0 (one tshark run for all)."""
+    config, ruleset, inputs, result = random_run(0)
+    emissions = expected_emissions(ruleset, inputs.port, result)[Port.NET]
+    frames = result.outputs[Port.NET].frames()
+    for n, (_, e) in enumerate(emissions):
+        if e.tun_dst is not None and frames[n][62:64] == b"\x08\x00" \
+                and frames[n][64 + 9] == 6 and len(frames[n]) > 64 + 20 + 20:
+            break
+    else:
+        pytest.fail("seed 0 has no encapsulated TCP frame to corrupt")
+    broken = []
+    for edit in CORRUPTIONS.values():
+        frame = bytearray(frames[n])
+        edit(frame)
+        broken.append(bytes(frame))
+    pcap = tmp_path_factory.mktemp("corrupt") / "corrupt.pcap"
+    write_pcap(pcap, FrameBatch.from_frames(broken, port=Port.NET))
+    records = run_tshark(tshark_home, pcap)
+    assert len(records) == len(broken)
+    parsed = parse(inputs, config)
+    i, e = emissions[n]
+    return {name: tshark_problems(rec) + _disagreements(rec, frame, Port.NET, i, e, inputs,
+                                                         parsed, config)
+            for name, rec, frame in zip(CORRUPTIONS, records, broken, strict=True)}
+
+
+def test_intact_frame_passes(corrupted):
+    assert corrupted["intact"] == []
+
+
+def test_corrupt_outer_ip_checksum_is_reported(corrupted):
+    errors = corrupted["outer_ip_checksum"]
+    assert any(e.startswith("ip.checksum.status") for e in errors), errors
+    assert any(e.startswith("expert error: Bad checksum") for e in errors), errors
+
+
+def test_corrupt_inner_tcp_payload_is_reported(corrupted):
+    errors = corrupted["inner_tcp_payload"]
+    assert any(e.startswith("tcp.checksum.status") for e in errors), errors
+
+
+def test_truncated_frame_is_malformed(corrupted):
+    assert "malformed packet" in corrupted["truncated"], corrupted["truncated"]
+
+
+@pytest.mark.parametrize("field", [name for name in CORRUPTIONS if "." in name])
+def test_corrupt_header_disagrees(corrupted, field):
+    """A wrong bit in a header that stays well formed: only the comparison of tshark's decode
+    with the reference's intent can see it."""
+    errors = corrupted[field]
+    assert any(e.startswith(field) for e in errors), errors
