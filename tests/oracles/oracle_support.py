@@ -54,11 +54,12 @@ def ethernet(dst, src, ethertype, vlan=None):
     return head + struct.pack(">H", ethertype)
 
 
-def ipv4(src, dst, proto, payload, ident=0, df=False, ttl=64, tos=0, options=b""):
-    """An IPv4 packet (RFC 791) with a correct header checksum; ``options`` a multiple of 4."""
+def ipv4(src, dst, proto, payload, ident=0, df=False, ttl=64, tos=0, options=b"", frag=0):
+    """An IPv4 packet (RFC 791) with a correct header checksum; ``options`` a multiple of 4;
+    ``frag`` the MF flag and fragment offset bits."""
     ihl = 5 + len(options) // 4
     head = struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, tos, 4 * ihl + len(payload), ident,
-                       0x4000 if df else 0, ttl, proto, 0, src.to_bytes(4, "big"),
+                       (0x4000 if df else 0) | frag, ttl, proto, 0, src.to_bytes(4, "big"),
                        dst.to_bytes(4, "big")) + options
     head = head[:10] + struct.pack(">H", checksum16(head)) + head[12:]
     return head + payload
@@ -106,8 +107,9 @@ def random_payload(rng, low, high):
 
 
 def random_inner(rng, max_payload=1400, src_macs=VM_MACS, l4_ports=PORTS):
-    """One valid Ethernet frame: IPv4 TCP/UDP/other protocol (sometimes with IP options),
-    ARP, or an experimental EtherType; untagged or with one 802.1Q tag. Unicast source MAC."""
+    """One valid Ethernet frame: IPv4 TCP/UDP/other protocol (sometimes with IP options or a
+    fragment), ARP, or an experimental EtherType; untagged or with one 802.1Q tag. Unicast
+    source MAC."""
     dst = rng.choice(VM_MACS + (BROADCAST,))
     src = rng.choice(src_macs)
     vlan = (rng.randrange(8), rng.choice(VIDS)) if rng.random() < 0.3 else None
@@ -132,9 +134,12 @@ def random_inner(rng, max_payload=1400, src_macs=VM_MACS, l4_ports=PORTS):
     else:
         proto, l4 = rng.choice((47, 50, 253)), body
     options = b"\x01" * 4 * rng.randint(1, 3) if rng.random() < 0.1 else b""
+    # Now and then a fragment: the first (MF, offset 0: its L4 ports count) or a later one.
+    frag = rng.choice((0x2000, rng.randint(1, 0x1FFF), 0x2000 | rng.randint(1, 0x1FFF))) \
+        if rng.random() < 0.08 else 0
     return ethernet(dst, src, 0x0800, vlan) + ipv4(
-        s_ip, d_ip, proto, l4, ident=rng.getrandbits(16), df=rng.random() < 0.5,
-        ttl=rng.randint(1, 255), tos=rng.getrandbits(8) & 0xFC, options=options)
+        s_ip, d_ip, proto, l4, ident=rng.getrandbits(16), df=not frag and rng.random() < 0.5,
+        ttl=rng.randint(1, 255), tos=rng.getrandbits(8) & 0xFC, options=options, frag=frag)
 
 
 def random_traffic(rng, config, n):
