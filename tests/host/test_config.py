@@ -2,6 +2,8 @@
 
 import os
 
+from pathlib import Path
+
 import pytest
 
 from openvtep.config import VtepConfig, load_config, parse_config
@@ -45,7 +47,7 @@ def test_to_toml_round_trip():
 
 
 def test_example_config():
-    cfg = load_config("examples/vtep.toml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / "vtep.toml")
     assert cfg.local_ip == 0xC6120001
 
 

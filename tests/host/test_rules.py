@@ -5,6 +5,8 @@ Every match field and shorthand, masks and prefixes, the default priority, the n
 and every refusal with the line and column it names. Nothing is ever half-loaded.
 """
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -233,7 +235,7 @@ def test_normalized_text(text, expect):
 
 
 def test_example_rules_round_trip():
-    ruleset = load_rules("examples/rules.txt")
+    ruleset = load_rules(Path(__file__).resolve().parents[2] / "examples" / "rules.txt")
     again = parse_rules("\n".join(r.text for r in ruleset), "again")
     assert [(r.priority, r.match, r.actions, r.emissions) for r in ruleset] == \
         [(r.priority, r.match, r.actions, r.emissions) for r in again]
