@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from .. import protocol
 
-__all__ = ["Signature", "BusDecoder", "RegisterFile", "MemoryTarget", "CounterBlock"]
+__all__ = ["BusDecoder", "CounterBlock", "MemoryTarget", "RegisterFile", "Signature"]
 
 DATA_BITS = 32
 
@@ -171,19 +171,18 @@ class RegisterFile(wiring.Component):
 
         m.d.comb += bus.ready.eq(1)
         m.d.sync += [bus.r_valid.eq(bus.valid), bus.r_err.eq(0), bus.r_data.eq(0)]
-        with m.If(bus.valid):
-            with m.Switch(bus.addr):
-                for i in range(self.count):
-                    with m.Case(i):
-                        with m.If(bus.w_en):
-                            if i in self.read_only:
-                                m.d.sync += bus.r_err.eq(1)
-                            else:
-                                m.d.sync += self.values[i].eq(bus.w_data)
-                        with m.Else():
-                            m.d.sync += bus.r_data.eq(words[i])
-                with m.Default():
-                    m.d.sync += bus.r_err.eq(1)
+        with m.If(bus.valid), m.Switch(bus.addr):
+            for i in range(self.count):
+                with m.Case(i):
+                    with m.If(bus.w_en):
+                        if i in self.read_only:
+                            m.d.sync += bus.r_err.eq(1)
+                        else:
+                            m.d.sync += self.values[i].eq(bus.w_data)
+                    with m.Else():
+                        m.d.sync += bus.r_data.eq(words[i])
+            with m.Default():
+                m.d.sync += bus.r_err.eq(1)
         return m
 
 
@@ -256,20 +255,19 @@ class CounterBlock(wiring.Component):
 
         m.d.comb += bus.ready.eq(1)
         m.d.sync += [bus.r_valid.eq(bus.valid), bus.r_err.eq(0), bus.r_data.eq(0)]
-        with m.If(bus.valid):
-            with m.Switch(bus.addr):
-                for k, counter in enumerate(counters):
-                    with m.Case(2 * k):
-                        with m.If(bus.w_en):
-                            m.d.comb += clear[k].eq(1)
-                        with m.Else():
-                            m.d.sync += [bus.r_data.eq(counter[:32]),
-                                         snapshot.eq(counter[32:])]
-                    with m.Case(2 * k + 1):
-                        with m.If(bus.w_en):
-                            m.d.sync += bus.r_err.eq(1)
-                        with m.Else():
-                            m.d.sync += bus.r_data.eq(snapshot)
-                with m.Default():
-                    m.d.sync += bus.r_err.eq(1)
+        with m.If(bus.valid), m.Switch(bus.addr):
+            for k, counter in enumerate(counters):
+                with m.Case(2 * k):
+                    with m.If(bus.w_en):
+                        m.d.comb += clear[k].eq(1)
+                    with m.Else():
+                        m.d.sync += [bus.r_data.eq(counter[:32]),
+                                     snapshot.eq(counter[32:])]
+                with m.Case(2 * k + 1):
+                    with m.If(bus.w_en):
+                        m.d.sync += bus.r_err.eq(1)
+                    with m.Else():
+                        m.d.sync += bus.r_data.eq(snapshot)
+            with m.Default():
+                m.d.sync += bus.r_err.eq(1)
         return m

@@ -56,14 +56,46 @@ import struct
 import zlib
 
 __all__ = [
-    "VERSION", "MAGIC", "DELIMITER", "CRC_BYTES", "ADDR_BYTES", "ADDR_BITS", "WORD_BYTES",
-    "WINDOW", "Command", "Status", "ORDERED", "CaptureFlags",
-    "REQUEST_HEADER", "REPLY_HEADER", "REQUEST_HEADER_BYTES", "REPLY_HEADER_BYTES",
-    "REQUEST_OVERHEAD", "BATCH_ENTRY_BYTES", "BODY_BYTES",
-    "IDENTIFY_BODY", "STATUS_BODY", "ERROR_BODY", "CAPTURE_REQUEST", "CAPTURE_REPLY",
-    "INJECT_REQUEST", "BLOCK_REQUEST", "table_bytes", "pack_fields", "unpack_fields",
-    "crc32", "cobs_encode", "cobs_decode", "encode_request", "encode_reply", "decode_request",
-    "decode_reply", "Reply", "Request", "Deframer", "ProtocolError",
+    "ADDR_BITS",
+    "ADDR_BYTES",
+    "BATCH_ENTRY_BYTES",
+    "BLOCK_REQUEST",
+    "BODY_BYTES",
+    "CAPTURE_REPLY",
+    "CAPTURE_REQUEST",
+    "CRC_BYTES",
+    "DELIMITER",
+    "ERROR_BODY",
+    "IDENTIFY_BODY",
+    "INJECT_REQUEST",
+    "MAGIC",
+    "ORDERED",
+    "REPLY_HEADER",
+    "REPLY_HEADER_BYTES",
+    "REQUEST_HEADER",
+    "REQUEST_HEADER_BYTES",
+    "REQUEST_OVERHEAD",
+    "STATUS_BODY",
+    "VERSION",
+    "WINDOW",
+    "WORD_BYTES",
+    "CaptureFlags",
+    "Command",
+    "Deframer",
+    "ProtocolError",
+    "Reply",
+    "Request",
+    "Status",
+    "cobs_decode",
+    "cobs_encode",
+    "crc32",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "encode_request",
+    "pack_fields",
+    "table_bytes",
+    "unpack_fields",
 ]
 
 VERSION = 1
@@ -141,18 +173,19 @@ REPLY_HEADER_BYTES = 5
 REQUEST_OVERHEAD = REQUEST_HEADER_BYTES + CRC_BYTES  # bytes of a message around its body
 BATCH_ENTRY_BYTES = ADDR_BYTES + WORD_BYTES
 
-# Body length of each request: an int (exact), or (minimum, multiple of) for variable bodies.
+# Body length of each request: an int (exact), or ``(minimum, step, offset)`` for variable
+# bodies: at least ``minimum`` bytes, and ``length - offset`` a multiple of ``step``.
 BODY_BYTES = {
     Command.IDENTIFY: 0,
     Command.STATUS: 0,
     Command.OPEN: 4,
     Command.READ: ADDR_BYTES,
     Command.WRITE: ADDR_BYTES + WORD_BYTES,
-    Command.WRITE_BATCH: (BATCH_ENTRY_BYTES, BATCH_ENTRY_BYTES),
-    Command.WRITE_BLOCK: (ADDR_BYTES + WORD_BYTES, WORD_BYTES),
+    Command.WRITE_BATCH: (BATCH_ENTRY_BYTES, BATCH_ENTRY_BYTES, 0),
+    Command.WRITE_BLOCK: (ADDR_BYTES + WORD_BYTES, WORD_BYTES, ADDR_BYTES),
     Command.READ_BLOCK: ADDR_BYTES + 2,
     Command.COUNTERS: ADDR_BYTES + 2,
-    Command.INJECT: (2, 1),
+    Command.INJECT: (2, 1, 0),
     Command.CAPTURE: 3,
 }
 
@@ -241,7 +274,7 @@ def encode_reply(seq, tag, cmd, status, body=b""):
 
 
 class Request:
-    __slots__ = ("seq", "tag", "cmd", "body")
+    __slots__ = ("body", "cmd", "seq", "tag")
 
     def __init__(self, seq, tag, cmd, body):
         self.seq, self.tag, self.cmd, self.body = seq, tag, cmd, body
@@ -253,7 +286,7 @@ class Request:
 class Reply:
     """A decoded reply: ``seq``, ``tag``, ``cmd``, ``status`` (a :class:`Status` if known, else
     int), ``body``; for errors also ``expected_seq`` and ``info``."""
-    __slots__ = ("seq", "tag", "cmd", "status", "body", "expected_seq", "info")
+    __slots__ = ("body", "cmd", "expected_seq", "info", "seq", "status", "tag")
 
     def __init__(self, seq, tag, cmd, status, body):
         self.seq, self.tag, self.cmd, self.body = seq, tag, cmd, body
