@@ -17,6 +17,11 @@ from openvtep.sim.virtual_board import serve
 SIM_TIMEOUT = float(os.environ.get("OPENVTEP_SIM_TIMEOUT", "8"))
 
 
+@pytest.fixture(scope="session")
+def sim_timeout():
+    return SIM_TIMEOUT
+
+
 @pytest.fixture(scope="module")
 def test_top():
     board = serve()
