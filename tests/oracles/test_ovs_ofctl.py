@@ -42,7 +42,7 @@ OVS_SHORTHANDS = {
 
 def to_ovs(text):
     """Our rules text with port names replaced by OpenFlow port numbers."""
-    return re.sub(r"\b(in_port=|output:)(host|net)\b",
+    return re.sub(r"\b(in_port=|(?i:output):)(host|net)\b",
                   lambda m: f"{m.group(1)}{OVS_PORTS[m.group(2)]}", text)
 
 
@@ -252,6 +252,12 @@ def match_tokens(draw):
     return draw(st.permutations(tokens))
 
 
+def _any_case(action):
+    """Action names are case-insensitive, to OVS and to us (arguments are not)."""
+    name, sep, rest = action.partition(":")
+    return st.sampled_from((action, name.upper() + sep + rest, name.capitalize() + sep + rest))
+
+
 ACTION = st.one_of(
     st.sampled_from(("output:host", "output:net", "output:in_port", "in_port",
                      "output:controller", "controller", "strip_vlan")),
@@ -261,7 +267,7 @@ ACTION = st.one_of(
     number(4095).map(lambda v: f"mod_vlan_vid:{v}"),
     macs.map(lambda v: f"mod_dl_src:{v}"),
     macs.map(lambda v: f"mod_dl_dst:{v}"),
-)
+).flatmap(_any_case)
 
 
 @st.composite
@@ -272,7 +278,7 @@ def action_list(draw):
     actions = draw(st.lists(ACTION, min_size=1, max_size=6))
     # Our one extra refusal (the hardware needs a tunnel destination): set_tunnel before an
     # output that may go to net with no tun_dst yet. Valid rule sets give tun_dst first.
-    if any(a.startswith("set_tunnel") or a.endswith("->tun_id") for a in actions):
+    if any(a.lower().startswith("set_tunnel") or a.endswith("->tun_id") for a in actions):
         actions.insert(0, f"set_field:{draw(ips)}->tun_dst")
     return draw(st.sampled_from((",", ", "))).join(actions)
 
@@ -318,7 +324,7 @@ def test_random_rule_sets(ovs_ofctl, tmp_path, text):
     for protocol in PROTOCOLS:
         ok, flows, stderr = ovs_parse_flows(ovs_ofctl, tmp_path, to_ovs(text), protocol)
         if protocol == "of13" and not ok and "no usable protocol" in stderr \
-                and "strip_vlan" in text:
+                and "strip_vlan" in text.lower():
             continue  # OF1.3's pop_vlan needs a match that proves a tag: an encoding limit
         assert ok, f"OVS ({protocol}) rejects rules we accept:\n{text}\n{stderr}"
         errors = compare(ruleset, flows, protocol)
@@ -338,6 +344,11 @@ OVS_REJECTS = [
     "dl_vlan=10/0xfff,actions=drop", "tun_id=zz,actions=drop", "actions=mod_vlan_vid:4096",
     "actions=set_field:1.2.3.4.5->tun_dst", "actions=set_field:1->bogus",
     "actions=set_tunnel:x", "actions=mod_dl_src:zz", "actions=output:",
+    *(pytest.param(text, marks=pytest.mark.xfail(strict=True, reason=(
+        "OVS refuses a partial mask on eth_type and nw_proto (not maskable in OVS: "
+        "'invalid mask for field ...'); our compiler accepts it")))
+      for text in ("dl_type=0x0800/0xff00,actions=drop", "ip,nw_proto=6/0xf0,actions=drop",
+                   "dl_type=0x8100/0x1,actions=drop")),
 ]
 
 POISON_MATCH = ["priority=65536", "priority=-5", "bogus=1", "dl_src=02:00:00:00:00:0g",
@@ -381,31 +392,47 @@ def test_poisoned_rules(ovs_ofctl, tmp_path, line, where, data):
 
 # --- intended differences --------------------------------------------------------------------
 
-# (rule, what OVS makes of it): OVS accepts and normalizes, we refuse.
-SILENTLY_CHANGED_BY_OVS = [
-    ("nw_src=1.2.3.4,actions=drop", ""),                # prerequisite ip missing: field dropped
-    ("nw_dst=10.0.0.0/8,actions=drop", ""),
-    ("nw_proto=6,actions=drop", ""),
-    ("ip,tp_dst=80,actions=drop", "ip"),                 # tp_* need tcp or udp
-    ("dl_type=0x86dd,nw_proto=58,actions=drop", "icmp6"),  # IPv4 only here
-    ("arp,nw_src=1.2.3.4,actions=drop", "arp,arp_spa=1.2.3.4"),  # another field
-    ("ip,nw_dst=1.2.3.256,actions=drop", "ip,nw_dst=1.2.3.0"),  # octet wraps around
-    ("dl_vlan=4096,actions=drop", "dl_vlan=0"),          # VID masked to 12 bits
-    ("dl_vlan=0xfffe,actions=drop", "dl_vlan=4094"),
-    ("tun_id=0x1000000,actions=drop", "tun_id=0x1000000"),  # VXLAN VNIs are 24 bits
-    ("actions=set_tunnel:0x1000000", ""),
-    ("in_port=host,in_port=net,actions=drop", "in_port=2"),  # the last one wins
-    ("ip,arp,actions=drop", "arp"),
-    ("tcp,nw_proto=17,actions=drop", "udp"),
-    ("actions=drop,drop", ""),
+# (our rule, the flow OVS makes of it): OVS accepts, changing or guessing; we refuse.
+OVS_ACCEPTS_WE_REFUSE = [
+    # A prerequisite is missing: OVS drops the field (and says so only in a log line).
+    ("nw_src=1.2.3.4,actions=drop", "actions=drop"),
+    ("nw_dst=10.0.0.0/8,actions=drop", "actions=drop"),
+    ("nw_proto=6,actions=drop", "actions=drop"),
+    ("ip,tp_dst=80,actions=drop", "ip actions=drop"),
+    # IPv4 only here; OVS reads nw_* of IPv6 and ARP as other fields.
+    ("dl_type=0x86dd,nw_proto=58,actions=drop", "icmp6 actions=drop"),
+    ("arp,nw_src=1.2.3.4,actions=drop", "arp,arp_spa=1.2.3.4 actions=drop"),
+    # Out of range: OVS wraps or masks the value.
+    ("ip,nw_dst=1.2.3.256,actions=drop", "ip,nw_dst=1.2.3.0 actions=drop"),
+    ("dl_vlan=4096,actions=drop", "dl_vlan=0 actions=drop"),
+    ("dl_vlan=0xfffe,actions=drop", "dl_vlan=4094 actions=drop"),
+    # OVS tunnel IDs are 64 bits, VXLAN VNIs 24.
+    ("tun_id=0x1000000,actions=drop", "tun_id=0x1000000 actions=drop"),
+    ("tun_id=5/0xffffffff,actions=drop", "tun_id=0x5/0xffffffff actions=drop"),
+    ("actions=set_tunnel:0x1000000", "actions=set_tunnel:0x1000000"),
+    ("actions=set_field:0x5/0xff->tun_id", "actions=load:0x5->NXM_NX_TUN_ID[0..7]"),
+    # A repeated or conflicting field: the last one wins in OVS.
+    ("in_port=host,in_port=net,actions=drop", "in_port=2 actions=drop"),
+    ("ip,arp,actions=drop", "arp actions=drop"),
+    ("tcp,nw_proto=17,actions=drop", "udp actions=drop"),
+    # A leading 0 means octal to OVS (strtol base 0).
+    ("priority=010,actions=drop", "priority=8 actions=drop"),
+    ("tcp,tp_dst=010,actions=drop", "tcp,tp_dst=8 actions=drop"),
+    ("tun_id=010,actions=drop", "tun_id=0x8 actions=drop"),
+    # Sloppy spellings OVS lets pass.
+    ("actions=drop,drop", "actions=drop"),
+    ("actions=strip_vlan:1", "actions=strip_vlan"),
+    ("actions=mod_dl_src:02:00:00:00:00:01:", "actions=mod_dl_src:02:00:00:00:00:01"),
+    ("priority=5,actions = drop", "priority=5 actions=drop"),
+    ("actions=output:IN_PORT", "actions=IN_PORT"),
 ]
 
 
-@pytest.mark.parametrize("text,ovs_match", SILENTLY_CHANGED_BY_OVS)
-def test_ovs_changes_what_we_refuse(ovs_ofctl, tmp_path, text, ovs_match):
+@pytest.mark.parametrize("text,ovs_flow", OVS_ACCEPTS_WE_REFUSE)
+def test_ovs_accepts_what_we_refuse(ovs_ofctl, tmp_path, text, ovs_flow):
     ok, flows, stderr = ovs_parse_flows(ovs_ofctl, tmp_path, to_ovs(text) + "\n")
     assert ok, stderr
-    assert flows[0].rpartition("actions=")[0].strip() == ovs_match, flows
+    assert flows == [ovs_flow]
     with pytest.raises(RuleError) as info:
         parse_rules(text)
     assert "<rules>:1:" in str(info.value)
