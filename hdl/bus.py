@@ -28,7 +28,8 @@ from amaranth.lib.wiring import In, Out
 
 from .. import protocol
 
-__all__ = ["BusDecoder", "CounterBlock", "MemoryTarget", "RegisterFile", "Signature"]
+__all__ = ["BusDecoder", "CounterBlock", "MemoryTarget", "RegisterFile", "RegisterPortAdapter",
+           "Signature"]
 
 DATA_BITS = 32
 
@@ -270,4 +271,38 @@ class CounterBlock(wiring.Component):
                         m.d.sync += bus.r_data.eq(snapshot)
             with m.Default():
                 m.d.sync += bus.r_err.eq(1)
+        return m
+
+
+class RegisterPortAdapter(wiring.Component):
+    """Puts a block with a *register port* (``valid``/``ready``/``addr``/``write``/``w_data``
+    out, ``r_valid``/``r_data`` in, from the initiator's side: the classifier's
+    ``openvtep.hdl.regport.RegisterPort``, whose writes get no response) on the control bus.
+
+    ``bus`` (``In(bus.Signature(addr_width))``) faces the decoder; ``port`` (``Out``) faces the
+    block, e.g. ``wiring.connect(m, adapter.port, classifier.regs)``. Requests pass through
+    combinationally; a write gets its bus response the cycle after the block accepts it, a
+    read the block's ``r_valid``. The block never reports errors, so ``r_err`` is 0.
+    """
+
+    def __init__(self, addr_width):
+        super().__init__({
+            "bus": In(Signature(addr_width)),
+            "port": Out(wiring.Signature({
+                "valid": Out(1), "ready": In(1), "addr": Out(addr_width), "write": Out(1),
+                "w_data": Out(DATA_BITS), "r_valid": In(1), "r_data": In(DATA_BITS),
+            })),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus, port = self.bus, self.port
+        write_done = Signal()
+        m.d.sync += write_done.eq(bus.valid & bus.w_en & port.ready)
+        m.d.comb += [
+            port.valid.eq(bus.valid), port.addr.eq(bus.addr), port.write.eq(bus.w_en),
+            port.w_data.eq(bus.w_data), bus.ready.eq(port.ready),
+            bus.r_valid.eq(port.r_valid | write_done), bus.r_data.eq(port.r_data),
+            bus.r_err.eq(0),
+        ]
         return m
