@@ -183,8 +183,9 @@ def test_example_outputs(tmp_path, tshark_home):
         records = run_tshark(tshark_home, out / f"{port.label}.pcap", config.udp_port)
         errors += check_port(records, port, written, emissions[port], inputs, parsed, config)
     assert not errors, "\n".join(errors)
-    # The example exercises encap with two VNIs and a VLAN strip, decap, and the controller.
-    assert [len(result.outputs[p]) for p in Port] == [2, 4, 3]
+    # Not vacuous: the example emits on every port, encapsulated frames among them.
+    assert all(len(result.outputs[p]) for p in Port)
+    assert any(e.tun_dst is not None for _, e in emissions[Port.NET])
 
 
 def random_config(seed):
