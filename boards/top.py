@@ -15,6 +15,7 @@ drained by real logic the tools cannot optimize away:
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, Value
 from amaranth.lib import data, io, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .designs import resolve_design
@@ -72,7 +73,7 @@ class PacketSource(wiring.Component):
         m = Module()
         width = self.width
         m.submodules.lfsr = lfsr = Lfsr(64 if width <= 8 else 128)
-        m.d.comb += lfsr.entropy.eq(self.entropy)
+        m.submodules.entropy_sync = FFSynchronizer(self.entropy, lfsr.entropy)
         rnd = lfsr.state
 
         extra_fields = [(name, field) for name, field in self.layout

@@ -1,0 +1,131 @@
+"""``build``/``flash`` command lines: bad input gives a clear error and a non-zero exit, never a
+traceback; ``flash --dry-run`` prints each board's programmer command."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from openvtep.boards.boards import BOARDS, DEFAULT_BOARDS
+from openvtep.boards.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:   # argparse errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_unknown_board(capsys):
+    code, _, err = run(capsys, "build", "de0-nano")
+    assert code == 1
+    assert "unknown board 'de0-nano'" in err
+    assert all(name in err for name in BOARDS)
+
+
+@pytest.mark.parametrize("board,width,choices", [
+    ("icebreaker", 8, "4"), ("ulx3s-12f", 16, "4"), ("colorlight-5a-75b", 16, "4, 8"),
+    ("ulx3s", 3, "4, 8, 16"),
+])
+def test_width_the_board_cannot_hold(capsys, board, width, choices):
+    code, _, err = run(capsys, "build", board, "--width", str(width))
+    assert code == 1
+    assert f"cannot hold W={width}" in err and f"choose --width from: {choices}" in err
+
+
+@pytest.mark.parametrize("env,board", [("NEXTPNR_ICE40", "icebreaker"), ("YOSYS", "ulx3s"),
+                                       ("ECPPACK", "orangecrab")])
+def test_missing_tool_named_by_env_var(capsys, monkeypatch, env, board):
+    monkeypatch.setenv(env, "/nonexistent/tool")
+    code, _, err = run(capsys, "build", board)
+    assert code == 1
+    assert f"{env}='/nonexistent/tool'" in err and "no such program" in err
+
+
+def test_missing_system_toolchain(capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    for env in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"):
+        monkeypatch.delenv(env, raising=False)
+    code, _, err = run(capsys, "build", "ulx3s", "--toolchain", "system")
+    assert code == 1
+    assert "toolchain system: yosys not found on PATH" in err
+    assert "apt-get install yosys" in err and "--toolchain yowasp" in err
+
+
+def test_unknown_toolchain_lists_choices(capsys):
+    code, _, err = run(capsys, "build", "icebreaker", "--toolchain", "vivado")
+    assert code == 2
+    assert "invalid choice: 'vivado'" in err and "yowasp" in err and "system" in err
+
+
+def test_bad_geometry(capsys):
+    code, _, err = run(capsys, "build", "ulx3s", "--wildcard", "0")
+    assert code == 1
+    assert "bad table geometry" in err and "wildcard_entries" in err
+
+
+def test_board_or_all(capsys):
+    code, _, err = run(capsys, "build")
+    assert code == 1 and "name a BOARD" in err
+    code, _, err = run(capsys, "build", "ulx3s", "--all")
+    assert code == 1 and "not both" in err
+
+
+EXPECTED_FLASH = {
+    "icebreaker": ["iceprog", "build/icebreaker-w4/top.bin"],
+    "ice40-hx8k": ["iceprog", "-S", "build/ice40-hx8k-w4/top.bin"],
+    "ulx3s": ["openFPGALoader", "-b", "ulx3s", "-m", "build/ulx3s-w8/top.bit"],
+    "ulx3s-45f": ["openFPGALoader", "-b", "ulx3s", "-m", "build/ulx3s-45f-w8/top.bit"],
+    "ulx3s-25f": ["openFPGALoader", "-b", "ulx3s", "-m", "build/ulx3s-25f-w4/top.bit"],
+    "ulx3s-12f": ["openFPGALoader", "-b", "ulx3s", "-m", "build/ulx3s-12f-w4/top.bit"],
+    "colorlight-5a-75b": ["openFPGALoader", "-c", "ft232", "-m",
+                          "build/colorlight-5a-75b-w4/top.bit"],
+    "orangecrab": ["dfu-util", "-a", "0", "-D", "build/orangecrab-w4/top.bit"],
+}
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_flash_dry_run(capsys, monkeypatch, board):
+    for env in ("ICEPROG", "OPENFPGALOADER", "DFU_UTIL"):
+        monkeypatch.delenv(env, raising=False)
+    code, out, _ = run(capsys, "flash", board, "--dry-run")
+    assert code == 0
+    assert out.splitlines()[0] == " ".join(EXPECTED_FLASH[board])
+
+
+def test_flash_dry_run_bitstream_and_env(capsys, monkeypatch):
+    monkeypatch.setenv("OPENFPGALOADER", "/opt/ofl/openFPGALoader")
+    code, out, _ = run(capsys, "flash", "ulx3s", "--dry-run", "--bitstream", "x/y.bit")
+    assert code == 0
+    assert out.splitlines()[0] == "/opt/ofl/openFPGALoader -b ulx3s -m x/y.bit"
+
+
+@pytest.mark.parametrize("board,env,package", [("icebreaker", "ICEPROG", "fpga-icestorm"),
+                                               ("ulx3s", "OPENFPGALOADER", "openfpgaloader"),
+                                               ("orangecrab", "DFU_UTIL", "dfu-util")])
+def test_flash_missing_programmer(capsys, monkeypatch, tmp_path, board, env, package):
+    bitstream = tmp_path / "top.bit"
+    bitstream.write_bytes(b"\xff" * 64)
+    monkeypatch.setenv(env, "/nonexistent/programmer")
+    code, _, err = run(capsys, "flash", board, "--bitstream", str(bitstream))
+    assert code == 1
+    assert f"apt-get install {package}" in err and env in err
+
+
+def test_flash_without_bitstream(capsys, tmp_path):
+    code, _, err = run(capsys, "flash", "icebreaker", "--bitstream", str(tmp_path / "no.bin"))
+    assert code == 1 and "openvtep build icebreaker" in err
+
+
+def test_help_has_defaults_and_example():
+    out = subprocess.run([sys.executable, "-m", "openvtep.boards", "build", "--help"],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    out = " ".join(out.split())
+    assert "(default: yowasp)" in out and "example" in out
+    assert all(name in out for name in DEFAULT_BOARDS)
