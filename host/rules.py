@@ -219,6 +219,8 @@ def _parse_match_value(field, text, column):
         else:
             what = {"tun_id": "a VNI", "dl_type": "an EtherType", "nw_proto": "an IP protocol",
                     "tp_src": "a port", "tp_dst": "a port"}[field]
+            if mask_text and field in _UNMASKABLE:
+                raise _Bad(column, f"{field} takes no mask (it matches exactly, as in OVS)")
             value = _parse_int(value_text, column, what, full)
             mask = _parse_int(mask_text, column, "a mask", full) if mask_text else full
     except ValueError as exc:
@@ -232,8 +234,10 @@ def _parse_action(text, column):
     name, sep, arg = text.partition(":")
     name = name.strip().lower()
     if name in ("drop", "controller", "strip_vlan"):
-        if sep and name != "controller":
-            raise _Bad(column, f"{name} takes no argument")
+        if sep and not (name == "controller" and arg.strip() == str(_CONTROLLER_WHOLE_FRAME)):
+            raise _Bad(column, f"{name} takes no argument" if name != "controller" else
+                       f"controller:{arg}: the controller always gets the whole frame; "
+                       f"only controller or controller:{_CONTROLLER_WHOLE_FRAME} is supported")
         return (name, None)
     if name == "output":
         if arg not in _OUT_PORTS:
@@ -300,6 +304,8 @@ def _emissions(actions, column):
     return tuple(emissions)
 
 
+_CONTROLLER_WHOLE_FRAME = 65535  # OpenFlow max_len meaning "the whole frame"
+_UNMASKABLE = ("dl_type", "nw_proto")  # as in OVS: exact or absent
 _COMMENT = re.compile(r"#.*")
 _TOKEN = re.compile(r"[^,\s]+")
 

@@ -14,8 +14,8 @@ we refuse all of these, because DESIGN.md wants a rule the hardware cannot repre
 "never silently changed". OpenFlow 1.3 cannot encode a ``strip_vlan`` without a VLAN match
 ("no usable protocol"); only those OF1.3 runs are skipped.
 
-Known disagreements, left as strict xfails: ``controller:MAX_LEN`` (OVS keeps the length, we
-drop it) and partial masks on ``dl_type``/``nw_proto`` (OVS refuses them, we accept).
+``controller:MAX_LEN`` other than 65535: OVS keeps the length, we refuse the rule (the
+controller always gets the whole frame). Partial masks on ``dl_type``/``nw_proto``: both refuse.
 """
 
 import os
@@ -348,11 +348,9 @@ OVS_REJECTS = [
     "dl_vlan=10/0xfff,actions=drop", "tun_id=zz,actions=drop", "actions=mod_vlan_vid:4096",
     "actions=set_field:1.2.3.4.5->tun_dst", "actions=set_field:1->bogus",
     "actions=set_tunnel:x", "actions=mod_dl_src:zz", "actions=output:",
-    *(pytest.param(text, marks=pytest.mark.xfail(strict=True, reason=(
-        "OVS refuses a partial mask on eth_type and nw_proto (not maskable in OVS: "
-        "'invalid mask for field ...'); our compiler accepts it")))
-      for text in ("dl_type=0x0800/0xff00,actions=drop", "ip,nw_proto=6/0xf0,actions=drop",
-                   "dl_type=0x8100/0x1,actions=drop")),
+    # eth_type and nw_proto cannot be masked ("invalid mask for field ...").
+    "dl_type=0x0800/0xff00,actions=drop", "ip,nw_proto=6/0xf0,actions=drop",
+    "dl_type=0x8100/0x1,actions=drop",
 ]
 
 POISON_MATCH = ["priority=65536", "priority=-5", "bogus=1", "dl_src=02:00:00:00:00:0g",
@@ -448,10 +446,6 @@ def test_prerequisite_drop_is_logged_by_ovs(ovs_ofctl, tmp_path):
     assert ok and "normalization changed ofp_match" in stderr and "pre: nw_src=1.2.3.4" in stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "controller:MAX_LEN: OVS keeps max_len (CONTROLLER:100 punts at most 100 bytes); our "
-    "compiler accepts the argument and drops it, so the controller gets the whole frame: a "
-    "silent change (DESIGN.md: refuse, never silently change)"))
 def test_controller_max_len_is_kept_or_refused(ovs_ofctl, tmp_path):
     text = "actions=controller:100"
     ok, flows, _ = ovs_parse_flows(ovs_ofctl, tmp_path, text + "\n")
