@@ -12,7 +12,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["divisor", "UARTRx", "UARTTx", "UART"]
+__all__ = ["UART", "UARTRx", "UARTTx", "divisor"]
 
 BAUD_TOLERANCE = 0.02  # largest rate error divisor() accepts (the receiver copes with ~4%)
 
@@ -81,37 +81,32 @@ class UARTRx(wiring.Component):
             m.d.sync += timer.eq(timer - 1)
 
         with m.FSM():
-            with m.State("Idle"):
+            with m.State("Idle"), m.If(~rx):
+                m.d.sync += timer.eq(self.divisor // 2 - 1)
+                m.next = "Start"
+            with m.State("Start"), m.If(timer == 0):
                 with m.If(~rx):
-                    m.d.sync += timer.eq(self.divisor // 2 - 1)
-                    m.next = "Start"
-            with m.State("Start"):
-                with m.If(timer == 0):
-                    with m.If(~rx):
-                        m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0)]
-                        m.next = "Data"
-                    with m.Else():
-                        m.next = "Idle"
-            with m.State("Data"):
-                with m.If(timer == 0):
-                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), timer.eq(self.divisor - 1),
-                                 bit.eq(bit + 1)]
-                    with m.If(bit == 7):
-                        m.next = "Stop"
-            with m.State("Stop"):
-                with m.If(timer == 0):
-                    with m.If(rx):
-                        with m.If(self.o.valid & ~self.o.ready):
-                            m.d.comb += self.overrun.eq(1)
-                        with m.Else():
-                            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(shreg)]
-                        m.next = "Idle"
-                    with m.Else():
-                        m.d.comb += self.framing_error.eq(1)
-                        m.next = "Break"
-            with m.State("Break"):
-                with m.If(rx):
+                    m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0)]
+                    m.next = "Data"
+                with m.Else():
                     m.next = "Idle"
+            with m.State("Data"), m.If(timer == 0):
+                m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), timer.eq(self.divisor - 1),
+                             bit.eq(bit + 1)]
+                with m.If(bit == 7):
+                    m.next = "Stop"
+            with m.State("Stop"), m.If(timer == 0):
+                with m.If(rx):
+                    with m.If(self.o.valid & ~self.o.ready):
+                        m.d.comb += self.overrun.eq(1)
+                    with m.Else():
+                        m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(shreg)]
+                    m.next = "Idle"
+                with m.Else():
+                    m.d.comb += self.framing_error.eq(1)
+                    m.next = "Break"
+            with m.State("Break"), m.If(rx):
+                m.next = "Idle"
         return m
 
 

@@ -37,9 +37,12 @@ import time
 import tty
 from urllib.parse import urlsplit
 
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-__all__ = ["IcarusBoard", "VirtualBoard", "serve"]
+__all__ = ["ByteShell", "IcarusBoard", "VirtualBoard", "serve"]
 
 POLL_CYCLES = 64       # cycles between socket polls while the simulation is busy
 IDLE_CYCLES = 16       # idle cycles before the board sleeps waiting for the host
@@ -251,6 +254,56 @@ class VirtualBoard:
 
 
 _PARAMS_ENV = "OPENVTEP_VBOARD"  # JSON parameters for virtual_board_cocotb
+SHELL_BYTES = 32  # bytes a chunk through ByteShell
+
+
+class ByteShell(wiring.Component):
+    """Wraps a top for :class:`IcarusBoard` so that Python exchanges bytes with it a chunk of
+    ``chunk`` bytes at a time instead of every cycle (cocotb's per-cycle callbacks cost more
+    than the simulation itself).
+
+    Input: while ``in_pending`` is 0, the testbench puts up to ``chunk`` bytes in ``in_data``
+    (byte 0 lowest), their number in ``in_count`` and raises ``in_load`` for one cycle; the
+    shell feeds them to the top's ``i`` in order. Output: bytes from the top's ``o`` collect in
+    a register (``o`` stalls when it is full); a cycle with ``out_take`` moves them to
+    ``out_data``/``out_count``, where the testbench reads them. ``idle``: the top is idle and
+    the shell holds no bytes.
+    """
+
+    def __init__(self, top, chunk=SHELL_BYTES):
+        self.top = top
+        self.chunk = chunk
+        super().__init__({
+            "in_data": In(8 * chunk), "in_count": In(range(chunk + 1)), "in_load": In(1),
+            "in_pending": Out(range(chunk + 1)),
+            "out_take": In(1), "out_data": Out(8 * chunk), "out_count": Out(range(chunk + 1)),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.top = top = self.top
+        k = self.chunk
+        inbuf = Signal(8 * k)
+        m.d.comb += [top.i.valid.eq(self.in_pending != 0), top.i.payload.eq(inbuf[:8])]
+        with m.If(top.i.valid & top.i.ready):
+            m.d.sync += [inbuf.eq(inbuf >> 8), self.in_pending.eq(self.in_pending - 1)]
+        with m.Elif(self.in_load & (self.in_pending == 0)):
+            m.d.sync += [inbuf.eq(self.in_data), self.in_pending.eq(self.in_count)]
+
+        outbuf = Signal(8 * k)
+        count = Signal(range(k + 1))
+        m.d.comb += top.o.ready.eq(count != k)
+        accepted = top.o.valid & top.o.ready
+        with m.If(self.out_take):
+            m.d.sync += [self.out_data.eq(outbuf), self.out_count.eq(count),
+                         outbuf.eq(top.o.payload), count.eq(accepted)]
+        with m.Elif(accepted):
+            m.d.sync += [outbuf.word_select(count, 8).eq(top.o.payload), count.eq(count + 1)]
+        top_idle = getattr(top, "idle", 1)
+        m.d.comb += self.idle.eq(top_idle & ~top.o.valid & (count == 0) &
+                                 (self.in_pending == 0))
+        return m
 
 
 def _icarus_build(top, name):
@@ -335,7 +388,7 @@ class IcarusBoard:
     def _run(self):
         import json
         try:
-            runner, build_dir = _icarus_build(self.top, self._name)
+            runner, build_dir = _icarus_build(ByteShell(self.top), self._name)
             runner.test(test_module="openvtep.sim.virtual_board_cocotb",
                         hdl_toplevel=self._name, hdl_toplevel_lang="verilog",
                         build_dir=build_dir, test_dir=self._control,

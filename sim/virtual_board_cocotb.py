@@ -1,9 +1,14 @@
 """cocotb side of the virtual board on Icarus Verilog (see :mod:`openvtep.sim.virtual_board`):
-serves the top's byte streams ``i``/``o`` on a socket or pty from a coroutine.
+serves a top, wrapped in :class:`~openvtep.sim.virtual_board.ByteShell`, on a socket or pty.
 
-Parameters (JSON in ``$OPENVTEP_VBOARD``): ``listen`` (``socket://HOST:PORT`` or ``pty``), ``control``
-(a directory: the served URL is written to ``url``, the run's statistics to ``stats.json``;
-the board stops when a file ``stop`` appears there).
+Bytes go in and out a chunk at a time: each step loads up to a chunk of input, takes the
+output collected so far, and lets the simulator run a chunk's worth of cycles on its own (a
+single timer, no Python per cycle). When the top is idle and the host silent, the coroutine
+blocks on the socket, and the simulator with it: no simulated time passes.
+
+Parameters (JSON in ``$OPENVTEP_VBOARD``): ``listen`` (``socket://HOST:PORT`` or ``pty``),
+``control`` (a directory: the served URL is written to ``url``, the run's statistics to
+``stats.json``; the board stops when a file ``stop`` appears there).
 """
 
 import json
@@ -12,8 +17,11 @@ import select
 import time
 
 import cocotb
+from cocotb.triggers import RisingEdge, Timer
 from openvtep.sim.stream import SimClock
-from openvtep.sim.virtual_board import IDLE_CYCLES, POLL_CYCLES, _endpoint
+from openvtep.sim.virtual_board import _endpoint
+
+IDLE_STEPS = 2  # idle steps in a row before the board sleeps
 
 
 def _reader(handle):
@@ -29,72 +37,63 @@ async def serve(dut):
     control = params["control"]
     stop_file = os.path.join(control, "stop")
     clock = SimClock(dut)
-    dut.i__valid.value = 0
-    dut.i__payload.value = 0
-    dut.o__ready.value = 1
+    chunk = len(dut.in_data) // 8
+    for name in ("in_data", "in_count", "in_load", "out_take"):
+        getattr(dut, name).value = 0
     await clock.start()
     endpoint = _endpoint(params["listen"])
     with open(os.path.join(control, "url.tmp"), "w") as f:  # noqa: ASYNC230 (before any I/O)
         f.write(endpoint.url)
     os.rename(os.path.join(control, "url.tmp"), os.path.join(control, "url"))
 
-    i_valid, i_payload = dut.i__valid, dut.i__payload
-    i_ready, o_valid, o_payload = (_reader(dut.i__ready), _reader(dut.o__valid),
-                                   _reader(dut.o__payload))
-    idle_signal = _reader(dut.idle) if hasattr(dut, "idle") else (lambda: 1)
-    edge = clock.edge
-    pending, pos = b"", 0
-    out = bytearray()
-    driven = False
-    idle_run = since_poll = cycles = 0
+    in_data, in_count, in_load, out_take = dut.in_data, dut.in_count, dut.in_load, dut.out_take
+    in_pending, out_data, out_count, idle = (_reader(dut.in_pending), _reader(dut.out_data),
+                                             _reader(dut.out_count), _reader(dut.idle))
+    edge = RisingEdge(dut.clk)
+    run = Timer(clock.period_ns * (chunk - 1) + clock.period_ns // 2, "ns")
+    pending = bytearray()
+    cycles = idle_steps = 0
     busy = 0.0
     started = time.perf_counter()
-    while True:
-        if pos < len(pending):
-            i_payload.value = pending[pos]
-            if not driven:
-                i_valid.value = 1
-                driven = True
-        elif driven:
-            i_valid.value = 0
-            driven = False
+    stopped = False
+    while not stopped:
+        load = bool(pending) and in_pending() == 0
+        if load:
+            piece = pending[:chunk]
+            del pending[:chunk]
+            in_data.value = int.from_bytes(piece, "little")
+            in_count.value = len(piece)
+            in_load.value = 1
+        out_take.value = 1
+        await edge  # the shell loads the chunk and hands over its output here
+        if load:
+            in_load.value = 0
+        out_take.value = 0
+        await run
         await edge
-        cycles += 1
-        if driven and i_ready():
-            pos += 1
-        ov = o_valid()
-        if ov:
-            out.append(o_payload())
-        idle = not ov and pos >= len(pending) and idle_signal()
-        idle_run = idle_run + 1 if idle else 0
-        since_poll += 1
-        if since_poll < POLL_CYCLES and idle_run < IDLE_CYCLES and \
-                (pos < len(pending) or since_poll < 8):
-            continue
-        since_poll = 0
-        if out:
-            endpoint.write(bytes(out))
-            out.clear()
-        if pos >= len(pending):
-            if idle_run >= IDLE_CYCLES:
-                busy += time.perf_counter() - started
-                stopped = False
-                while True:  # the simulator waits with us: no simulated time passes
-                    if os.path.exists(stop_file):
-                        stopped = True
-                        break
-                    readable, _, _ = select.select(endpoint.fds(), [], [], 0.05)
-                    if readable:
-                        break
-                started = time.perf_counter()
-                idle_run = 0
-                if stopped:
+        cycles += chunk
+        count = out_count()
+        if count:
+            endpoint.write(out_data().to_bytes(chunk, "little")[:count])
+        quiet = not count and not pending and idle()
+        idle_steps = idle_steps + 1 if quiet else 0
+        if idle_steps >= IDLE_STEPS:
+            busy += time.perf_counter() - started
+            while True:  # the simulator waits with us: no simulated time passes
+                if os.path.exists(stop_file):
+                    stopped = True
                     break
+                readable, _, _ = select.select(endpoint.fds(), [], [], 0.05)
+                if readable:
+                    break
+            started = time.perf_counter()
+            idle_steps = 0
+        if len(pending) < 4 * chunk:
             data = endpoint.read()
             if data:
-                pending, pos = data, 0
-        elif os.path.exists(stop_file):
-            break
+                pending += data
+        if not idle_steps and cycles % 4096 < chunk and os.path.exists(stop_file):
+            stopped = True
     busy += time.perf_counter() - started
     endpoint.close()
     with open(os.path.join(control, "stats.json"), "w") as f:  # noqa: ASYNC230 (at the end)

@@ -1,7 +1,8 @@
 """Fixtures for the hardware-in-the-loop tests.
 
 ``test_top`` serves :class:`openvtep.sim.bridge_top.BridgeTestTop` on a virtual board (one per
-test module) and yields its URL. The bridge tests need that top's memory map, so they always
+test session and xdist worker: starting one costs seconds) and yields it. Tests share it, so
+each uses its own addresses and checks counters by differences. The bridge tests need that top's memory map, so they always
 run on the virtual board; tests of the full pipeline will take a real board's port from
 ``OPENVTEP_PORT``.
 """
@@ -22,7 +23,7 @@ def sim_timeout():
     return SIM_TIMEOUT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def test_top():
     board = serve()
     yield board

@@ -3,8 +3,11 @@ seeded drops, bit flips, duplicates and delays, in both directions, bounded in n
 
 Every command must either succeed or raise a :class:`DeviceError`; nothing may be applied
 twice; afterwards, over a clean connection, the RAM and the captured frames must be what the
-driver believes it did (commands that raised may or may not have happened, at most once)."""
+driver believes it did (commands that raised may or may not have happened, at most once).
 
+More seeds: ``OPENVTEP_FAULT_SEEDS=11,12,13 pytest tests/hil/test_faults.py``."""
+
+import os
 import random
 
 import pytest
@@ -18,7 +21,10 @@ SIZE = 256
 CNT = MAP["counters"][0]
 
 
-@pytest.mark.parametrize("seed", [11, pytest.param(12, marks=pytest.mark.slow)])
+SEEDS = [int(s) for s in os.environ.get("OPENVTEP_FAULT_SEEDS", "11").split(",")]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_faulty_link(test_top, sim_timeout, seed):
     rng = random.Random(seed)
     with Device(test_top.url, timeout=sim_timeout) as clean:
