@@ -166,3 +166,17 @@ def test_wire_cost_of_batched_writes():
     print(f"batch of {per} writes: {wire} bytes on the wire, {per_write:.3f} bytes/write, "
           f"{rate:,.0f} writes/s at 3 Mbaud")
     assert per_write < 7.1 and rate > 42_000
+
+
+def test_pty_and_amaranth_simulator():
+    """The other transport and the other simulator: a pty path, Amaranth's simulator."""
+    from openvtep.driver import Device
+    from openvtep.sim.virtual_board import serve
+
+    with serve(listen="pty", simulator="amaranth") as board:
+        assert board.url.startswith("/dev/")
+        with Device(board.url, timeout=20) as dev:
+            assert dev.info["magic"] == p.MAGIC
+            dev.write_batch([(RAM + k, k) for k in range(20)])
+            assert dev.read_block(RAM, 20) == list(range(20))
+        assert board.cycles > 0
