@@ -21,6 +21,8 @@ constraints, the commands and their options) plus the toolchain's versions; a bu
 matches the one in ``OUT/cache.json`` is not run again.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -222,6 +224,27 @@ def _parse_nextpnr(report_path, lines):
     return utilization, fmax or list(last.values())
 
 
+def _critical_path(report_path):
+    """The sync-to-sync critical path from nextpnr's report JSON: first and last cell, logic
+    levels, and delay (ns), or None."""
+    try:
+        with open(report_path) as f:
+            paths = json.load(f).get("critical_paths", [])
+    except (OSError, ValueError):
+        return None
+    for path in paths:
+        if path.get("from", "").startswith("posedge") and path.get("to", "").startswith(
+                "posedge") and path.get("path"):
+            segments = path["path"]
+            return {
+                "from": segments[0]["from"].get("cell"),
+                "to": segments[-1]["to"].get("cell"),
+                "logic_levels": sum(1 for seg in segments if seg["type"] == "logic"),
+                "delay_ns": round(sum(seg["delay"] for seg in segments), 2),
+            }
+    return None
+
+
 def _parse_yosys_stat(path):
     """Cell counts by type of the top module from ``yosys stat -json``, or {}."""
     try:
@@ -327,17 +350,18 @@ def build(board_name, *, width=None, seed=1, exact=None, wildcard=None, toolchai
 
     cache_path = os.path.join(out_dir, "cache.json")
     log_path = os.path.join(out_dir, "build.log")
-    run = _load_cached(cache_path, key, os.path.join(out_dir, board.bitstream))
-    if run is not None and not force:
-        echo(f"{label}: up to date (design hash {key[:12]}, built {run['built_at']}); "
-             f"use --force to rebuild")
-    else:
-        run = _run_plan(plan, tools, out_dir, log_path, label, echo)
-        run["times"] = {"elaborate": elaborate_s, **run["times"]}
-        run["built_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        _write_json(cache_path, {"key": key, **run})
-
-    report = _make_report(board, width, top, key, toolchain, seed, out_dir, run)
+    os.makedirs(out_dir, exist_ok=True)
+    with _locked(out_dir, label, echo):   # one build at a time in a folder
+        run = _load_cached(cache_path, key, os.path.join(out_dir, board.bitstream))
+        if run is not None and not force:
+            echo(f"{label}: up to date (design hash {key[:12]}, built {run['built_at']}); "
+                 f"use --force to rebuild")
+        else:
+            run = _run_plan(plan, tools, out_dir, log_path, label, echo)
+            run["times"] = {"elaborate": elaborate_s, **run["times"]}
+            run["built_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            _write_json(cache_path, {"key": key, **run})
+        report = _make_report(board, width, top, key, toolchain, seed, out_dir, run)
     report["log"] = log_path
     _write_json(report_path, report)
     echo(format_report(report))
@@ -347,6 +371,20 @@ def build(board_name, *, width=None, seed=1, exact=None, wildcard=None, toolchai
         return report, 1
     echo(f"{label}: OK: bitstream {report['bitstream']}, report {report_path}")
     return report, 0
+
+
+@contextlib.contextmanager
+def _locked(out_dir, label, echo):
+    with open(os.path.join(out_dir, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            echo(f"{label}: waiting for another build in {out_dir}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _run_plan(plan, tools, out_dir, log_path, label, echo):
@@ -421,6 +459,7 @@ def _make_report(board, width, top, key, toolchain, seed, out_dir, run):
         "resources": {kind: {"used": u, "total": t} for kind, (u, t) in utilization.items()},
         "summary": _summary(board.family, utilization, cells),
         "synth_cells": cells,
+        "critical_path": _critical_path(os.path.join(out_dir, "top.report.json")),
         "exact_entries": top.design.exact_entries,
         "wildcard_entries": top.design.wildcard_entries,
         "throughput_gbps": (round(sync["fmax_mhz"] * width * 8 / 1000, 3) if sync else None),
@@ -506,6 +545,10 @@ def format_report(report):
     for domain, clock in report["clocks"].items():
         lines.append(f"clock {domain} ({clock['net']}): fmax {clock['fmax_mhz']:.2f} MHz, target "
                      f"{clock['target_mhz']:g} MHz: {'met' if clock['met'] else 'MISSED'}")
+    path = report.get("critical_path")
+    if path:
+        lines.append(f"critical path: {path['from']} -> {path['to']}, {path['logic_levels']} "
+                     f"logic levels, {path['delay_ns']} ns")
     lines.append(f"design: {report['design']}")
     return "\n".join(lines)
 

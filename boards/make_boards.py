@@ -25,7 +25,9 @@ def _echo(line):
     print(line, flush=True)
 
 
-def _build_one(name, options):
+def _build_one(name, options, root):
+    if root is not None:
+        options = {**options, "out_dir": os.path.join(root, name)}
     try:
         report, code = build(name, echo=_echo, **options)
     except BuildError as exc:
@@ -33,12 +35,15 @@ def _build_one(name, options):
     return name, report, None if code == 0 else report["error"]
 
 
-def build_all(boards=DEFAULT_BOARDS, *, jobs=2, summary=SUMMARY, echo=_echo, **options):
-    """Build ``boards`` with ``jobs`` processes; write the summary; returns the exit status."""
+def build_all(boards=DEFAULT_BOARDS, *, jobs=2, summary=SUMMARY, root=None, echo=_echo,
+              **options):
+    """Build ``boards`` with ``jobs`` processes; write the summary; returns the exit status.
+    Each board builds in ``build/<board>-w<W>``, or ``root/<board>`` if ``root`` is given;
+    ``options`` go to :func:`openvtep.boards.build.build`."""
     started = time.monotonic()
     results = {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_build_one, name, options) for name in boards]
+        futures = [pool.submit(_build_one, name, options, root) for name in boards]
         for future in concurrent.futures.as_completed(futures):
             name, report, error = future.result()
             results[name] = (report, error)
