@@ -1,0 +1,412 @@
+"""The flow classifier: exact-match cuckoo table, wildcard table, actions and rule counters.
+
+Looks each frame's flow key up in the tables that :func:`openvtep.tables.compile_tables`
+places a RuleSet in (the host's :meth:`openvtep.tables.TableImage.lookup` is the software model
+of this block) and turns the winner into the frame's :class:`EditCommand`
+(docs/semantics.md step 4; OpenFlow 1.3 priorities, the winner being the smallest rule index).
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .. import regmap as rm
+from ..headers import NO_VLAN, DropReason
+from ..tables import BANKS, FLOW_KEY, KEY_BITS, PROFILE_BITS, SLOTS, Geometry, hash_masks
+from .bus import Signature as BusSignature
+from .headers import EditCommand, ParsedHeaders
+
+__all__ = ["Classifier", "Verdict", "flow_key"]
+
+
+class Verdict(data.Struct):
+    """The classifier's per-frame output: the parser's record ``hdr`` passed through, the
+    editor's command ``cmd``, the winning ``rule`` index (when ``hit``), and ``punt`` (the rule
+    also sends the frame, as it arrived, to the controller)."""
+    hdr: ParsedHeaders
+    cmd: EditCommand
+    rule: unsigned(rm.INDEX_BITS)
+    hit: unsigned(1)
+    punt: unsigned(1)
+
+
+def _fit(value, bits):
+    value = Value.cast(value)
+    if len(value) >= bits:
+        return value[:bits]
+    return Cat(value, Const(0, bits - len(value)))
+
+
+def flow_key(rec):
+    """The flow key (:data:`openvtep.tables.FLOW_KEY` layout) of a ParsedHeaders view."""
+    fields = {
+        "in_port": rec.port, "tun_id": rec.tun_id, "tun_src": rec.tun_src,
+        "dl_dst": rec.dl_dst, "dl_src": rec.dl_src,
+        "dl_vlan": Mux(rec.vlan_valid, rec.tci[:12], NO_VLAN), "dl_type": rec.dl_type,
+        "nw_valid": rec.nw_valid, "nw_src": rec.nw_src, "nw_dst": rec.nw_dst,
+        "nw_proto": rec.nw_proto, "tp_valid": rec.tp_valid, "tp_src": rec.tp_src,
+        "tp_dst": rec.tp_dst,
+    }
+    return Cat(*(_fit(fields[name], bits) for name, bits in FLOW_KEY))
+
+
+def _struct(layout):
+    return data.StructLayout(dict(layout))
+
+
+def _parity(word, mask):
+    """parity(word & mask) for a constant ``mask``, as a tree of 8-input XORs: logically the
+    same as ``(word & mask).xor()``, but Icarus re-evaluates a flat reduction over the ~150
+    scattered bits Yosys leaves of it once per bit, which made simulation 100 times slower."""
+    bits = [word[i] for i in range(len(word)) if mask >> i & 1]
+    if not bits:
+        return Const(0, 1)
+    while len(bits) > 1:
+        bits = [Cat(*bits[k:k + 8]).xor() for k in range(0, len(bits), 8)]
+    return bits[0]
+
+
+def _first_hit(candidates):
+    """(hit, index) of the smallest index among ``(hit, index)`` pairs."""
+    best_hit, best_index = candidates[0]
+    for hit, index in candidates[1:]:
+        take = hit & (~best_hit | (index < best_index))
+        best_hit, best_index = best_hit | hit, Mux(take, index, best_index)
+    return best_hit, best_index
+
+
+class Classifier(wiring.Component):
+    """Flow table lookup for every frame record.
+
+    For each :class:`ParsedHeaders` record on ``i`` (in frame order), one :class:`Verdict`
+    leaves on ``o``, in the same order. A frame the parser dropped is passed on without a
+    lookup (the editor drops it under the parser's reason) and is not counted.
+
+    Lookup: the flow key is looked up once per active exact profile (``CONFIG.profile_count``,
+    at most ``geometry.exact_profiles``): masked by the profile's mask, hashed with the H3 masks
+    of :func:`openvtep.tables.hash_masks` of the selected seed for both banks, both buckets read
+    from block RAM and all ``BANKS * SLOTS`` slots compared. The wildcard entries (registers)
+    are compared in parallel with the first lookup, the first matching position winning. The
+    frame's winner is the smallest rule index among all hits; none is a table miss
+    (``DropReason.TABLE_MISS``). Its action (block RAM, indexed by rule index) is the command;
+    its 64-bit packet and byte counters (block RAM) are incremented by read-modify-write, with
+    back-to-back updates of one rule forwarded. Bytes count the matched frame:
+    ``length - strip`` (the inner frame of a decapsulated frame).
+
+    Throughput: a frame takes ``max(1, active profiles)`` cycles (a dropped frame 1): with 4
+    profiles, one frame every 4 cycles, so a 64-byte frame at W = 8 (8 cycles) keeps line rate.
+
+    Latency: from a record accepted on ``i`` to its verdict offered on ``o``: ``lookups + 3``
+    cycles.
+
+    Backpressure: all stages advance together when ``o`` is empty or taken (``o.valid`` and
+    ``o.payload`` are registers and RAM outputs that hold while stalled); ``i`` waits.
+
+    Tables and counters are read and written through ``bus`` (:class:`openvtep.hdl.bus.Signature`)
+    with the address map of :mod:`openvtep.regmap` (``CLASSIFIER`` range). Every request is
+    answered the next cycle, except a ``COMMAND`` write: it holds new frames back, waits until
+    no lookup is in flight, runs, and is answered when done (3 or more cycles), so frames see
+    each entry wholly before or after a write. Unknown addresses, and writes to read-only
+    words, answer ``r_err``. After reset every table is empty and ``profile_count`` is 0: every
+    frame misses until tables are loaded.
+
+    Parameters
+    ----------
+    geometry : openvtep.tables.Geometry
+        Table sizes (the same the host compiler places rules for); default ``Geometry()``.
+    """
+
+    def __init__(self, geometry=None):
+        geometry = Geometry() if geometry is None else geometry
+        if not isinstance(geometry, Geometry):
+            raise TypeError(f"geometry must be an openvtep.tables.Geometry, not {geometry!r}")
+        if geometry.rules > 1 << rm.INDEX_BITS:
+            raise ValueError(f"at most {1 << rm.INDEX_BITS} rules, geometry has "
+                             f"{geometry.rules}")
+        if geometry.wildcard_entries > 1 << 16 or geometry.hash_seeds > 16:
+            raise ValueError("the register map holds up to 65536 wildcard entries and 16 seeds")
+        self.geometry = geometry
+        super().__init__({
+            "i": In(stream.Signature(ParsedHeaders)),
+            "o": Out(stream.Signature(Verdict)),
+            "bus": In(BusSignature(rm.ADDR_BITS)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geo = self.geometry
+        n_profiles, ibits = geo.exact_profiles, geo.index_bits
+        entry_layout = _struct(rm.EXACT_ENTRY)
+        row_layout = data.ArrayLayout(entry_layout, SLOTS)
+        wild_layout = _struct(rm.WILDCARD_ENTRY)
+        action_layout = data.StructLayout({"cmd": EditCommand, "punt": 1})
+        assert action_layout.size == rm.layout_bits(rm.action_layout())
+        counter_layout = _struct(rm.COUNTER_ENTRY)
+        index_shape = unsigned(rm.INDEX_BITS)
+
+        # --- Registers and memories. --------------------------------------------------------
+        profile_count = Signal(4)
+        seed = Signal(4)
+        masks = [Signal(KEY_BITS, name=f"profile_mask{p}") for p in range(n_profiles)]
+        wildcard = [Signal(wild_layout, name=f"wildcard{k}")
+                    for k in range(geo.wildcard_entries)]
+        entry_bits = max(row_layout.size, wild_layout.size, KEY_BITS, action_layout.size,
+                         counter_layout.size)
+        staging = [Signal(32, name=f"staging{k}") for k in range(-(-entry_bits // 32))]
+        assert len(staging) <= rm.STAGING_WORDS
+
+        bank_ports = []
+        for bank in range(BANKS):
+            mem = Memory(shape=row_layout, depth=geo.buckets, init=[])
+            m.submodules[f"bank{bank}"] = mem
+            bank_ports.append((mem.read_port(), mem.write_port()))
+        m.submodules.actions = actions = Memory(shape=action_layout, depth=geo.rules, init=[])
+        act_rp, act_wp = actions.read_port(), actions.write_port()
+        m.submodules.counters = counters = Memory(shape=counter_layout, depth=geo.rules,
+                                                  init=[])
+        cnt_rp, cnt_wp = counters.read_port(), counters.write_port()
+
+        cmd_index = Signal(24)  # the register port's table command: entry index
+        bus_bank = cmd_index[rm.BANK_SHIFT:rm.BANK_SHIFT + max(1, (BANKS - 1).bit_length())]
+        pause = Signal()      # the register port holds new frames back
+        bus_exec = Signal()   # the register port owns the memory ports this cycle
+        idle = Signal()       # no lookup in flight
+
+        # --- Stage 0: issue one lookup per active profile. -----------------------------------
+        sd_valid = Signal()
+        advance = Signal()
+        m.d.comb += advance.eq(~sd_valid | self.o.ready)
+
+        rec_in = self.i.p
+        key_in = flow_key(rec_in)
+        active = Signal(range(n_profiles + 1))
+        m.d.comb += active.eq(Mux(profile_count > n_profiles, n_profiles, profile_count))
+        p = Signal(range(max(n_profiles, 2)))
+        lookups = Signal(range(n_profiles + 1))
+        m.d.comb += lookups.eq(Mux(rec_in.drop | (active == 0), 1, active))
+        last = Signal()
+        m.d.comb += last.eq(p + 1 >= lookups)
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(self.i.valid & advance & ~(pause & (p == 0))),
+            self.i.ready.eq(issue & last),
+        ]
+        with m.If(issue):
+            m.d.sync += p.eq(Mux(last, 0, p + 1))
+
+        w_hit, w_index = Const(0, 1), Const(0, index_shape)
+        for entry in reversed(wildcard):
+            hit = entry.valid & ((key_in & entry.mask) == entry.value)
+            w_hit, w_index = w_hit | hit, Mux(hit, entry.index, w_index)
+
+        def stage(name, **fields):
+            return {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
+
+        common = {"valid": 1, "first": 1, "last": 1, "rec": ParsedHeaders, "w_hit": 1,
+                  "w_index": index_shape}
+        sa = stage("sa", key=KEY_BITS, p=PROFILE_BITS, on=1, **common)
+        with m.If(advance):
+            m.d.sync += sa["valid"].eq(issue)
+            with m.If(issue):
+                m.d.sync += [
+                    sa["key"].eq(key_in & Array(masks)[p]),
+                    sa["p"].eq(p),
+                    sa["on"].eq(~rec_in.drop & (p < active)),
+                    sa["first"].eq(p == 0),
+                    sa["last"].eq(last),
+                    sa["rec"].eq(rec_in),
+                    sa["w_hit"].eq(w_hit & ~rec_in.drop),
+                    sa["w_index"].eq(w_index),
+                ]
+
+        # --- Stage A: hash, address both banks. ---------------------------------------------
+        word = Cat(sa["key"], sa["p"])
+        for bank, (rp, _) in enumerate(bank_ports):
+            hashes = []
+            for s in range(geo.hash_seeds):
+                masks_h = hash_masks(s, bank)
+                hashes.append(Cat(*(_parity(word, masks_h[j]) for j in range(ibits)))
+                              if ibits else Const(0, 1))
+            address = Array(hashes)[seed] if len(hashes) > 1 else hashes[0]
+            m.d.comb += [
+                rp.addr.eq(Mux(bus_exec, cmd_index, address)),
+                rp.en.eq(advance | bus_exec),
+            ]
+
+        sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, **common)
+        with m.If(advance):
+            m.d.sync += [sb[k].eq(sa[k]) for k in sb]
+
+        # --- Stage B: compare every slot of both buckets. -----------------------------------
+        slots = []
+        for rp, _ in bank_ports:
+            for slot in range(SLOTS):
+                entry = rp.data[slot]
+                slots.append((sb["on"] & entry.valid & (entry.profile == sb["p"])
+                              & (entry.key == sb["key"]), entry.index))
+        c_hit, c_index = _first_hit(slots)
+
+        sc = stage("sc", c_hit=1, c_index=index_shape, **common)
+        with m.If(advance):
+            m.d.sync += [sc[k].eq(sb[k]) for k in common]
+            m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index)]
+
+        # --- Stage C: the frame's best hit so far; the last lookup reads action, counters. --
+        acc_hit = Signal()
+        acc_index = Signal(index_shape)
+        prev_hit = Mux(sc["first"], sc["w_hit"], acc_hit)
+        prev_index = Mux(sc["first"], sc["w_index"], acc_index)
+        best_hit, best_index = _first_hit([(prev_hit, prev_index), (sc["c_hit"], sc["c_index"])])
+        with m.If(advance & sc["valid"]):
+            m.d.sync += [acc_hit.eq(best_hit), acc_index.eq(best_index)]
+        m.d.comb += [
+            act_rp.addr.eq(Mux(bus_exec, cmd_index, best_index)),
+            act_rp.en.eq(advance | bus_exec),
+            cnt_rp.addr.eq(Mux(bus_exec, cmd_index, best_index)),
+            cnt_rp.en.eq(advance | bus_exec),
+        ]
+
+        sd_rec = Signal(ParsedHeaders)
+        sd_hit = Signal()
+        sd_index = Signal(index_shape)
+        with m.If(advance):
+            m.d.sync += [
+                sd_valid.eq(sc["valid"] & sc["last"]),
+                sd_rec.eq(sc["rec"]),
+                sd_hit.eq(best_hit),
+                sd_index.eq(best_index),
+            ]
+
+        # --- Stage D: the verdict; counters updated as it leaves. ----------------------------
+        action = act_rp.data
+        out = self.o.p
+        m.d.comb += [
+            self.o.valid.eq(sd_valid),
+            out.hdr.eq(sd_rec),
+            out.rule.eq(sd_index),
+            out.hit.eq(sd_hit),
+        ]
+        miss = Signal(EditCommand)
+        m.d.comb += [
+            miss.drop.eq(1),
+            miss.reason.eq(Mux(sd_rec.drop, sd_rec.reason, DropReason.TABLE_MISS)),
+            out.cmd.eq(Mux(sd_hit, action.cmd, miss)),
+            out.punt.eq(sd_hit & action.punt),
+        ]
+
+        fwd_valid = Signal()
+        fwd_index = Signal(index_shape)
+        fwd_value = Signal(counter_layout)
+        base = Signal(counter_layout)
+        updated = Signal(counter_layout)
+        count = Signal()
+        m.d.comb += [
+            count.eq(sd_valid & sd_hit & self.o.ready),
+            base.eq(Mux(fwd_valid & (fwd_index == sd_index), fwd_value, cnt_rp.data)),
+            updated.packets.eq(base.packets + 1),
+            updated.bytes.eq(base.bytes + (sd_rec.length - sd_rec.strip)),
+        ]
+        with m.If(count):
+            m.d.sync += [fwd_valid.eq(1), fwd_index.eq(sd_index), fwd_value.eq(updated)]
+
+        m.d.comb += idle.eq(~sa["valid"] & ~sb["valid"] & ~sc["valid"] & ~sd_valid & (p == 0))
+
+        # --- Register port. ------------------------------------------------------------------
+        bus = self.bus
+        op = Signal(4)
+        table = Signal(4)
+        staged = Cat(*staging)
+
+        is_write = op == rm.OP_WRITE
+        m.d.comb += [
+            cnt_wp.addr.eq(Mux(bus_exec, cmd_index, sd_index)),
+            cnt_wp.data.eq(Mux(bus_exec, staged[:counter_layout.size], updated)),
+            cnt_wp.en.eq(Mux(bus_exec, is_write & (table == rm.TABLE_COUNTER), count)),
+            act_wp.addr.eq(cmd_index),
+            act_wp.data.eq(staged[:action_layout.size]),
+            act_wp.en.eq(bus_exec & is_write & (table == rm.TABLE_ACTION)),
+        ]
+        for bank, (_, wp) in enumerate(bank_ports):
+            m.d.comb += [
+                wp.addr.eq(cmd_index[:rm.BANK_SHIFT]),
+                wp.data.eq(staged[:row_layout.size]),
+                wp.en.eq(bus_exec & is_write & (table == rm.TABLE_EXACT) & (bus_bank == bank)),
+            ]
+
+        m.d.sync += [bus.r_valid.eq(0), bus.r_err.eq(0)]
+
+        def capture(value):
+            value = Value.cast(value)
+            m.d.sync += [reg.eq(value[32 * k:32 * (k + 1)]) if 32 * k < len(value)
+                         else reg.eq(0) for k, reg in enumerate(staging)]
+
+        read_only = {rm.ID: Const(rm.ID_VALUE, 32), rm.GEOMETRY: Const(rm.geometry_word(geo), 32)}
+        # FSM outputs as plain expressions: Icarus leaves an always @* block's outputs X until
+        # one of its inputs moves, and these must be valid from reset on.
+        with m.FSM(name="regs") as fsm:
+            with m.State("Idle"), m.If(bus.valid):
+                m.d.sync += [bus.r_valid.eq(1), bus.r_data.eq(0)]
+                with m.Switch(bus.addr):
+                    for address, value in read_only.items():
+                        with m.Case(address):
+                            m.d.sync += [bus.r_data.eq(value), bus.r_err.eq(bus.w_en)]
+                    with m.Case(rm.CONFIG):
+                        m.d.sync += bus.r_data.eq(Cat(profile_count, Const(0, 4), seed))
+                        with m.If(bus.w_en):
+                            m.d.sync += [profile_count.eq(bus.w_data[0:4]),
+                                         seed.eq(bus.w_data[8:12])]
+                    with m.Case(rm.COMMAND):
+                        m.d.sync += bus.r_data.eq(Cat(cmd_index, table, op))
+                        with m.If(bus.w_en):
+                            m.d.sync += [op.eq(bus.w_data[28:32]),
+                                         table.eq(bus.w_data[24:28]),
+                                         cmd_index.eq(bus.w_data[0:24]),
+                                         bus.r_valid.eq(0)]  # answered when done
+                            m.next = "Drain"
+                    for k, word_k in enumerate(staging):
+                        with m.Case(rm.STAGING + k):
+                            m.d.sync += bus.r_data.eq(word_k)
+                            with m.If(bus.w_en):
+                                m.d.sync += word_k.eq(bus.w_data)
+                    with m.Default():
+                        m.d.sync += bus.r_err.eq(1)
+            with m.State("Drain"), m.If(idle):
+                m.next = "Execute"
+            with m.State("Execute"):
+                with m.If(is_write):
+                    with m.If(table == rm.TABLE_COUNTER):
+                        m.d.sync += fwd_valid.eq(0)
+                    with m.If(table == rm.TABLE_PROFILE):
+                        for k, mask in enumerate(masks):
+                            with m.If(cmd_index == k):
+                                m.d.sync += mask.eq(staged[:KEY_BITS])
+                    with m.If(table == rm.TABLE_WILDCARD):
+                        for k, entry in enumerate(wildcard):
+                            with m.If(cmd_index == k):
+                                m.d.sync += entry.eq(staged[:wild_layout.size])
+                    m.d.sync += bus.r_valid.eq(1)
+                    m.next = "Idle"
+                with m.Else():
+                    m.next = "Capture"
+            with m.State("Capture"):
+                with m.Switch(table):
+                    with m.Case(rm.TABLE_EXACT):
+                        capture(Array(rp.data for rp, _ in bank_ports)[bus_bank])
+                    with m.Case(rm.TABLE_PROFILE):
+                        capture(Array(masks)[cmd_index[:max(1, (n_profiles - 1).bit_length())]])
+                    with m.Case(rm.TABLE_WILDCARD):
+                        capture(Array(wildcard)[cmd_index[:16]])
+                    with m.Case(rm.TABLE_ACTION):
+                        capture(act_rp.data)
+                    with m.Case(rm.TABLE_COUNTER):
+                        capture(cnt_rp.data)
+                m.d.sync += bus.r_valid.eq(1)
+                m.next = "Idle"
+        m.d.comb += [
+            bus.ready.eq(fsm.ongoing("Idle")),
+            pause.eq(~fsm.ongoing("Idle")),
+            bus_exec.eq(fsm.ongoing("Execute")),
+        ]
+
+        return m

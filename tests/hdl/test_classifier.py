@@ -1,0 +1,84 @@
+"""Tests of ``openvtep.hdl.classifier``: lookups equal the reference model's OpenFlow winner
+(and ``TableImage.lookup``) for random rule sets with overlapping priorities, exact and
+wildcard overlaps and table misses, under random gaps and backpressure; rule counters; the
+register map and table loader.
+
+cocotb testbench: ``tb_classifier.py``; rule sets: ``flow_rules.py``.
+"""
+
+from pathlib import Path
+
+import pytest
+from openvtep import regmap as rm
+from openvtep.hdl.classifier import Classifier
+from openvtep.rules import parse_rules
+from openvtep.sim.cocotb_runner import run_cocotb
+from openvtep.tables import Geometry, compile_tables
+
+TB = Path(__file__).with_name("tb_classifier.py")
+SMALL = {"exact_entries": 256, "exact_profiles": 4, "wildcard_entries": 16, "hash_seeds": 2}
+
+
+def _run(geometry, **params):
+    run_cocotb(Classifier(Geometry(**geometry)), TB, name="classifier", testcase="lookups",
+               params={"geometry": geometry, **params})
+
+
+def test_lookups():
+    _run(SMALL, frames=300, rules=60, idle=0.2, backpressure=0.3, reload=True)
+
+
+@pytest.mark.slow
+def test_lookups_4096_rules():
+    geometry = {"exact_entries": 8192, "exact_profiles": 4, "wildcard_entries": 32,
+                "hash_seeds": 2}
+    _run(geometry, frames=1000, rules=4096, idle=0.1, backpressure=0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profiles", [1, 8])
+def test_lookups_profiles(profiles):
+    geometry = dict(SMALL, exact_profiles=profiles)
+    _run(geometry, frames=400, rules=120, idle=0.3, backpressure=0.4, reload=True)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_bad_geometry():
+    with pytest.raises(TypeError):
+        Classifier({"exact_entries": 64})
+    with pytest.raises(ValueError):
+        Classifier(Geometry(exact_entries=4 * 65536))
+
+
+def test_table_writes_only_touch_what_changes():
+    rs = parse_rules("priority=10,in_port=host,actions=output:net\n"
+                     "priority=5,in_port=net,actions=output:host\n"
+                     "priority=1,dl_type=0x0806,actions=controller\n")
+    image = compile_tables(rs, Geometry(exact_entries=64, exact_profiles=1))
+    writes = rm.table_writes(image)
+    assert writes[0] == (rm.CONFIG, rm.config_word(0, image.seed))
+    assert writes[-1] == (rm.CONFIG, rm.config_word(1, image.seed))
+    commands = [w for a, w in writes if a == rm.COMMAND]
+    tables = [w >> 24 & 15 for w in commands]
+    # One profile, one wildcard entry, two exact rows at most, three actions.
+    assert tables.count(rm.TABLE_PROFILE) == 1
+    assert tables.count(rm.TABLE_WILDCARD) == 1
+    assert 1 <= tables.count(rm.TABLE_EXACT) <= 2
+    assert tables.count(rm.TABLE_ACTION) == 3
+    assert all(rm.STAGING <= a < rm.STAGING + rm.STAGING_WORDS
+               for a, _ in writes if a not in (rm.CONFIG, rm.COMMAND))
+    full = rm.table_writes(image, fresh=False)
+    rows = [w for a, w in full if a == rm.COMMAND and w >> 24 & 15 == rm.TABLE_EXACT]
+    assert len(rows) == image.geometry.buckets * 2
+
+
+def test_action_entries():
+    rs = parse_rules("priority=3,actions=controller\npriority=2,actions=drop\n"
+                     "priority=1,actions=output:host,controller\n")
+    image = compile_tables(rs)
+    fields = [rm.action_fields(a) for a in image.actions]
+    from openvtep.hdl.headers import EditCommand, unpack
+    cmds = [unpack(EditCommand, f["cmd"]) for f in fields]
+    assert (cmds[0]["drop"], cmds[0]["port"], fields[0]["punt"]) == (0, 2, 0)
+    assert (cmds[1]["drop"], fields[1]["punt"]) == (1, 0)
+    assert (cmds[2]["drop"], cmds[2]["port"], fields[2]["punt"]) == (0, 0, 1)
