@@ -6,7 +6,13 @@ import struct
 
 import pytest
 from openvtep import protocol as p
-from openvtep.driver import DeviceBusError, DeviceCommandError, DeviceError
+from openvtep.driver import (
+    Device,
+    DeviceBusError,
+    DeviceCommandError,
+    DeviceError,
+    DeviceResetError,
+)
 from openvtep.headers import Port
 from openvtep.sim.bridge_top import COUNTERS, ID_WORD, MAP, UNMAPPED
 from openvtep.sim.stream import assert_frames_equal
@@ -170,7 +176,6 @@ def test_wire_cost_of_batched_writes():
 
 def test_pty_and_amaranth_simulator():
     """The other transport and the other simulator: a pty path, Amaranth's simulator."""
-    from openvtep.driver import Device
     from openvtep.sim.virtual_board import serve
 
     with serve(listen="pty", simulator="amaranth") as board:
@@ -180,3 +185,22 @@ def test_pty_and_amaranth_simulator():
             dev.write_batch([(RAM + k, k) for k in range(20)])
             assert dev.read_block(RAM, 20) == list(range(20))
         assert board.cycles > 0
+
+
+def test_reset_is_detected(device):
+    """Another session started on the device (as after a reset: session token and sequence
+    numbers lost) makes the next ordered command fail with DeviceResetError, not silently
+    succeed; open() starts over."""
+    dev = device  # the board serves one connection at a time: use the module's
+    dev.write(RAM + 3000, 1)
+    # What a reset (or another host) does: a new session, sequence numbers elsewhere.
+    reply = _raw(dev, p.encode_request(dev._seq + 0x4000, 1, p.Command.OPEN,
+                                       struct.pack("<I", 0xBAD)))
+    assert reply.status == p.Status.OK
+    with pytest.raises(DeviceResetError, match="reset or re-opened"):
+        dev.write(RAM + 3000, 2)
+    with pytest.raises(DeviceResetError):
+        dev.check()
+    dev.open()
+    dev.write(RAM + 3000, 3)
+    assert dev.read(RAM + 3000) == 3
