@@ -1,0 +1,74 @@
+"""Contract pieces shared by the formal specs: stream sources, sinks and beat accounting.
+
+Every contract here drives the block's inputs with ``AnySeq``/``AnyConst`` (an undriven input
+is a constant 0, which would make a proof vacuous), restricts them only by the stream rules a
+well-behaved neighbour obeys (``Assume``), and states the block's side of the rules
+(``Assert``). The style follows Amaranth's own FIFO contract (``tests/test_lib_fifo.py``):
+a beat picked by ``AnyConst`` (its index and its value) stands for every beat.
+"""
+
+from amaranth.asserts import AnySeq
+from amaranth.hdl import Assert, Assume, Module, Shape, Signal
+
+__all__ = ["ACCOUNT_BITS", "contract_module", "fair_sink", "stream_sink", "stream_source"]
+
+ACCOUNT_BITS = 5  # beat/frame counters wrap at 32: more than any block here holds in flight
+
+
+def contract_module():
+    """A module for a contract (:func:`openvtep.sim.formal.run` supplies the reset-less
+    ``sync`` domain)."""
+    return Module()
+
+
+def stream_source(m, port, name, *, payload=None):
+    """Drive ``port`` (an ``In`` stream of the block) as a free but well-behaved source:
+    ``valid``/``payload`` are arbitrary, except that once offered a beat stays offered,
+    unchanged, until it is taken. Returns the transfer signal."""
+    width = Shape.cast(port.payload.shape()).width
+    m.d.comb += port.valid.eq(AnySeq(1))
+    m.d.comb += port.payload.eq(AnySeq(width) if payload is None else payload)
+    stalled = Signal(name=f"{name}_src_stalled")
+    held = Signal(width, name=f"{name}_src_held")
+    m.d.sync += [stalled.eq(port.valid & ~port.ready), held.eq(port.payload)]
+    with m.If(stalled):
+        m.d.comb += Assume(port.valid & (port.payload.as_value() == held))
+    took = Signal(name=f"{name}_took")
+    m.d.comb += took.eq(port.valid & port.ready)
+    return took
+
+
+def stream_sink(m, port, name, *, ready=None):
+    """Take from ``port`` (an ``Out`` stream of the block) with an arbitrary ``ready`` (or
+    ``ready`` given), and assert the block's side of the stream rules: a beat once offered is
+    neither withdrawn nor changed until it is taken. Returns ``(took, stalled_before)``."""
+    width = Shape.cast(port.payload.shape()).width
+    m.d.comb += port.ready.eq(AnySeq(1) if ready is None else ready)
+    stalled = Signal(name=f"{name}_sink_stalled")
+    held = Signal(width, name=f"{name}_sink_held")
+    m.d.sync += [stalled.eq(port.valid & ~port.ready), held.eq(port.payload)]
+    with m.If(stalled):
+        m.d.comb += Assert(port.valid)
+        m.d.comb += Assert(port.payload.as_value() == held)
+    took = Signal(name=f"{name}_took")
+    m.d.comb += took.eq(port.valid & port.ready)
+    return took, stalled
+
+
+def fair_sink(m, max_stall, name="sink"):
+    """A ``ready`` that is arbitrary but never low for ``max_stall`` cycles in a row.
+
+    Fairness is what lets k-induction see through a block's storage: a beat sitting in a RAM
+    leaves within a bounded time, so a state holding a wrong beat shows up within the
+    induction depth. (The blocks have no timers, so a longer stall changes nothing but time.)
+    """
+    ready = Signal(name=f"{name}_ready")
+    low = Signal(range(max_stall + 1), name=f"{name}_low")  # cycles ready was low, in a row
+    m.d.comb += ready.eq(AnySeq(1))
+    with m.If(ready):
+        m.d.sync += low.eq(0)
+    with m.Else():
+        m.d.sync += low.eq(low + 1)
+    m.d.comb += Assume(ready | (low < max_stall))
+    return ready
+
