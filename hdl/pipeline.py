@@ -1,0 +1,136 @@
+"""The openvtep pipeline: parser -> classifier -> editor, with counters and the control bus.
+
+The full datapath between the board's ports (MACs, frame inject/capture) and the control
+bridge: what docs/semantics.md describes end to end, and what the reference model
+(``openvtep.reference``) must equal frame for frame.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .. import regmap as rm
+from ..headers import DropReason, Port
+from ..tables import Geometry
+from .bus import BusDecoder, CounterBlock, RegisterFile
+from .bus import Signature as BusSignature
+from .classifier import Classifier
+from .editor import Editor
+from .headers import port_packet_layout
+from .parser import Parser
+
+__all__ = ["FrameDone", "Pipeline"]
+
+
+class FrameDone(data.Struct):
+    """A strobe per frame, as the editor takes its verdict (frame order): whether it matched a
+    rule (``hit``, ``rule`` index) and whether the editor will emit it (``emits``)."""
+    valid: 1
+    hit: 1
+    rule: rm.INDEX_BITS
+    emits: 1
+
+
+class Pipeline(wiring.Component):
+    """Parser, classifier and editor, with per-port and drop counters.
+
+    ``i`` carries frames (``port``: host or net, constant over a frame); ``o`` the frames
+    emitted, each with its output port (host, net or controller), in input frame order.
+
+    Throughput: the editor's (a frame of n bytes takes ``ceil(max(n_in, n_out) / W)`` cycles in
+    steady state) as long as the classifier keeps up: ``max(1, active profiles)`` cycles per
+    frame, so with up to 4 profiles every frame of 64 bytes and more at W = 8 passes without
+    bubbles.
+
+    Latency: the editor's store-and-forward (a frame leaves after its last beat arrived) plus
+    the parser's record (3-4 cycles) and the classifier's lookup (``profiles + 3`` cycles).
+
+    Backpressure: ``o`` may stall at any time; ``i`` stalls when the editor's buffer is full.
+
+    Control (``bus``, :class:`openvtep.hdl.bus.Signature`, map in :mod:`openvtep.regmap`): the
+    classifier's tables and rule counters (``CLASSIFIER``), the 64-bit per-port
+    ``rx/tx_packets/bytes`` counters (``PORTS_RANGE``), the editor's drop counters per
+    :class:`DropReason` (``DROPS_RANGE``).
+
+    ``done`` (:class:`FrameDone`) is a status strobe for testbenches and statistics.
+
+    Parameters
+    ----------
+    width : int
+        Bytes per beat: a power of two, 4 or more.
+    config : openvtep.config.VtepConfig
+    geometry : openvtep.tables.Geometry
+        Classifier table sizes (default ``Geometry()``).
+    frames : int
+        Frames the editor's buffer may hold.
+    """
+
+    def __init__(self, width, config, geometry=None, *, frames=16):
+        geometry = Geometry() if geometry is None else geometry
+        self.width = width
+        self.config = config
+        self.geometry = geometry
+        self.parser = Parser(width, config)
+        self.classifier = Classifier(geometry)
+        self.editor = Editor(width, config, frames=frames)
+        super().__init__({
+            "i": In(stream.Signature(port_packet_layout(width))),
+            "o": Out(stream.Signature(port_packet_layout(width))),
+            "bus": In(BusSignature(rm.ADDR_BITS)),
+            "done": Out(FrameDone),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.parser = parser = self.parser
+        m.submodules.classifier = classifier = self.classifier
+        m.submodules.editor = editor = self.editor
+
+        wiring.connect(m, wiring.flipped(self.i), parser.i)
+        wiring.connect(m, parser.o, editor.i)
+        wiring.connect(m, parser.o_hdr, classifier.i)
+        # The editor takes a frame's record and command together (its i_hdr.ready and
+        # i_cmd.ready are the same signal), so one verdict stream feeds both.
+        verdict = classifier.o
+        m.d.comb += [
+            editor.i_hdr.valid.eq(verdict.valid),
+            editor.i_hdr.p.eq(verdict.p.hdr),
+            editor.i_cmd.valid.eq(verdict.valid),
+            editor.i_cmd.p.eq(verdict.p.cmd),
+            verdict.ready.eq(editor.i_hdr.ready),
+            self.done.valid.eq(verdict.valid & verdict.ready),
+            self.done.hit.eq(verdict.p.hit),
+            self.done.rule.eq(verdict.p.rule),
+            self.done.emits.eq(~verdict.p.hdr.drop & ~verdict.p.cmd.drop),
+        ]
+        wiring.connect(m, editor.o, wiring.flipped(self.o))
+
+        # Per-port counters: counter 4 * port + k, k in PORT_COUNTERS order.
+        n_counters = len(Port) * len(rm.PORT_COUNTERS)
+        m.submodules.port_counters = counters = CounterBlock(n_counters, amount_width=8)
+        for stream_, first in ((self.i, 0), (self.o, 2)):
+            took = Signal(name=f"took_{first}")
+            nbytes = Signal(8, name=f"bytes_{first}")
+            m.d.comb += [
+                took.eq(stream_.valid & stream_.ready),
+                nbytes.eq(sum(stream_.p.keep[k] for k in range(self.width))),
+            ]
+            for port in Port:
+                here = took & (stream_.p.port == port)
+                base = 4 * port + first
+                m.d.comb += [
+                    counters.add[base].eq(here & stream_.p.last),
+                    counters.add[base + 1].eq(Mux(here, nbytes, 0)),
+                ]
+
+        drops = RegisterFile(rm.DROPS_RANGE[1], read_only={
+            int(reason): editor.drops[int(reason)] for reason in DropReason})
+        m.submodules.drops = drops
+
+        m.submodules.decoder = decoder = BusDecoder(rm.ADDR_BITS)
+        decoder.add(classifier.bus, addr=rm.CLASSIFIER[0], size=rm.CLASSIFIER[1])
+        decoder.add(counters.bus, addr=rm.PORTS_RANGE[0], size=rm.PORTS_RANGE[1])
+        decoder.add(drops.bus, addr=rm.DROPS_RANGE[0], size=rm.DROPS_RANGE[1])
+        wiring.connect(m, wiring.flipped(self.bus), decoder.bus)
+        return m
+
