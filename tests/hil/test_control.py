@@ -5,6 +5,9 @@ import random
 import struct
 
 import pytest
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from openvtep import protocol as p
 from openvtep.driver import (
     Device,
@@ -13,6 +16,7 @@ from openvtep.driver import (
     DeviceError,
     DeviceResetError,
 )
+from openvtep.hdl.bridge import ControlBridge
 from openvtep.headers import Port
 from openvtep.sim.bridge_top import COUNTERS, ID_WORD, MAP, UNMAPPED
 from openvtep.sim.stream import assert_frames_equal
@@ -204,3 +208,36 @@ def test_reset_is_detected(device):
     dev.open()
     dev.write(RAM + 3000, 3)
     assert dev.read(RAM + 3000) == 3
+
+
+class _StuckBusTop(wiring.Component):
+    """A bridge whose bus never accepts requests below 0x10, and accepts but never answers
+    the others: every bus access must time out into an error reply."""
+
+    i: In(stream.Signature(8))
+    o: Out(stream.Signature(8))
+    idle: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge = bridge = ControlBridge(4, bus_timeout=50)
+        wiring.connect(m, wiring.flipped(self.i), bridge.i)
+        wiring.connect(m, bridge.o, wiring.flipped(self.o))
+        m.d.comb += [self.idle.eq(bridge.idle), bridge.bus.ready.eq(bridge.bus.addr >= 0x10)]
+        return m
+
+
+def test_bus_timeout():
+    from openvtep.sim.virtual_board import serve
+
+    with serve(_StuckBusTop, simulator="amaranth") as board, \
+            Device(board.url, timeout=20) as dev:
+        for addr in (0x3, 0x20):
+            with pytest.raises(DeviceBusError, match="timed out") as info:
+                dev.write(addr, 1)
+            assert info.value.status == p.Status.BUS_TIMEOUT and info.value.address == addr
+            with pytest.raises(DeviceBusError, match="timed out"):
+                dev.read(addr)
+        with pytest.raises(DeviceBusError):
+            dev.read_block(0x20, 3)
+        assert dev.check()["bus_errors"] == 5
