@@ -8,7 +8,7 @@ a beat picked by ``AnyConst`` (its index and its value) stands for every beat.
 """
 
 from amaranth.asserts import AnySeq
-from amaranth.hdl import Assert, Assume, Module, Shape, Signal
+from amaranth.hdl import Assert, Assume, Module, Shape, Signal, Value
 
 __all__ = ["ACCOUNT_BITS", "contract_module", "fair_sink", "stream_sink", "stream_source"]
 
@@ -32,7 +32,7 @@ def stream_source(m, port, name, *, payload=None):
     held = Signal(width, name=f"{name}_src_held")
     m.d.sync += [stalled.eq(port.valid & ~port.ready), held.eq(port.payload)]
     with m.If(stalled):
-        m.d.comb += Assume(port.valid & (port.payload.as_value() == held))
+        m.d.comb += Assume(port.valid & (Value.cast(port.payload) == held))
     took = Signal(name=f"{name}_took")
     m.d.comb += took.eq(port.valid & port.ready)
     return took
@@ -49,7 +49,7 @@ def stream_sink(m, port, name, *, ready=None):
     m.d.sync += [stalled.eq(port.valid & ~port.ready), held.eq(port.payload)]
     with m.If(stalled):
         m.d.comb += Assert(port.valid)
-        m.d.comb += Assert(port.payload.as_value() == held)
+        m.d.comb += Assert(Value.cast(port.payload) == held)
     took = Signal(name=f"{name}_took")
     m.d.comb += took.eq(port.valid & port.ready)
     return took, stalled
