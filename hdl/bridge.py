@@ -198,8 +198,9 @@ class ControlBridge(wiring.Component):
 
     Latency: a request is executed a few cycles after its delimiter arrives; a write costs
     about 9 cycles a word (7 body bytes read from the buffer, the bus request, its response),
-    a block read 6 cycles a word plus the target's latency. Reply bytes leave at about half a
-    byte per cycle (the COBS encoder collects each group before sending it). Any real UART is
+    a block read about 10 (bus request and response, then 4 reply bytes through the encoder)
+    plus the target's latency. Reply bytes leave at about half a byte per cycle (the COBS
+    encoder collects each group before sending it). Any real UART is
     far slower than both, but the board must put a FIFO of a few dozen bytes between the UART
     receiver (which cannot wait) and ``i``, to cover the execution of one message.
 

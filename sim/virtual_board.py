@@ -9,10 +9,14 @@ The top's byte streams (``i``: bytes from the host, ``o``: bytes to the host, th
 Two simulators: cocotb on Icarus Verilog (:class:`IcarusBoard`, the default: a child process
 serving the socket from a coroutine, :mod:`openvtep.sim.virtual_board_cocotb`) and Amaranth's
 own (:class:`VirtualBoard`, a thread of the calling process, no build step). Measured on the
-bridge test top, Icarus runs 3-5 times more cycles a second (about 11 k/s against 2.5-4 k/s
-on a loaded 2-core machine), so it is the default. When the host is silent and the top says
-it is ``idle``, either one sleeps instead of spinning: an idle virtual board costs no CPU, and
-simulated time only passes while there is work.
+bridge test top while it works (a 1,000-word batch and its read-back, on a loaded 2-core
+machine), Icarus runs about 2.5 k cycles/s and Amaranth about 1.6 k; Icarus starts in about
+10 s (elaboration to find the cached build, then the simulator), Amaranth in about 1 s. Icarus
+is the default, for long sessions; ``simulator="amaranth"`` suits short ones. The design's own
+simulation dominates the cost: per-cycle Python is already batched away on Icarus
+(:class:`ByteShell`). When the host is silent and the top says it is ``idle``, either one
+sleeps instead of spinning: an idle virtual board costs no CPU, and simulated time only passes
+while there is work.
 
 API::
 
