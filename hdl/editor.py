@@ -200,16 +200,13 @@ class Editor(wiring.Component):
         tagged_in = rec.vlan_valid
         tagged_out = Signal()
         tci_out = Signal(16)
-        with m.Switch(cmd.vlan_op):
-            with m.Case(VlanOp.KEEP):
-                m.d.comb += [tagged_out.eq(tagged_in), tci_out.eq(rec.tci)]
-            with m.Case(VlanOp.STRIP):
-                m.d.comb += tagged_out.eq(0)
-            with m.Case(VlanOp.SET_VID):
-                m.d.comb += [tagged_out.eq(1),
-                             tci_out.eq(Mux(tagged_in, rec.tci & 0xF000, 0) | cmd.vid)]
-            with m.Case(VlanOp.REPLACE):
-                m.d.comb += [tagged_out.eq(1), tci_out.eq(cmd.vid)]
+        op = cmd.vlan_op
+        m.d.comb += [
+            tagged_out.eq(Mux(op == VlanOp.KEEP, tagged_in, op != VlanOp.STRIP)),
+            tci_out.eq(Mux(op == VlanOp.KEEP, rec.tci,
+                           Mux(op == VlanOp.SET_VID,
+                               Mux(tagged_in, rec.tci & 0xF000, 0) | cmd.vid, cmd.vid))),
+        ]
 
         # The output is header[0:header_len] ++ frame[skip:]; the header replaces the frame's
         # outer headers (if decapsulated), MACs and VLAN tag.

@@ -184,17 +184,17 @@ class Parser(wiring.Component):
             (length < l2 + _TUNNEL_HEADERS + h.ETH_BYTES, DropReason.TRUNCATED),
             ((vxlan.flags & h.VXLAN_FLAG_I) == 0, DropReason.VXLAN_FLAGS),
         ]
+        # A priority chain of plain expressions (not m.If): Icarus may leave an always @*
+        # block X until one of its inputs moves; continuous assignments have no such issue.
         drop1 = Signal()
         reason1 = Signal(DropReason)
         decap1 = Signal()
-        with m.If(checks[0][0]):
-            m.d.comb += [drop1.eq(1), reason1.eq(checks[0][1])]
-        for condition, reason in checks[1:]:
-            with m.Elif(condition):
-                if reason is not None:
-                    m.d.comb += [drop1.eq(1), reason1.eq(reason)]
-        with m.Else():
-            m.d.comb += decap1.eq(1)
+        drop_expr, reason_expr, decap_expr = 0, 0, 1
+        for condition, reason in reversed(checks):
+            drop_expr = Mux(condition, reason is not None, drop_expr)
+            reason_expr = Mux(condition, 0 if reason is None else reason, reason_expr)
+            decap_expr = Mux(condition, 0, decap_expr)
+        m.d.comb += [drop1.eq(drop_expr), reason1.eq(reason_expr), decap1.eq(decap_expr)]
 
         strip_plain = h.ETH_BYTES + _TUNNEL_HEADERS    # 50
         strip_tagged = _TAGGED_L2 + _TUNNEL_HEADERS    # 54
@@ -257,24 +257,15 @@ class Parser(wiring.Component):
             rec.dl_type.eq(itype),
             rec.nw_valid.eq(nw_valid),
             rec.tp_valid.eq(tp_valid),
+            rec.nw_src.eq(Mux(nw_valid, iip.src, 0)),
+            rec.nw_dst.eq(Mux(nw_valid, iip.dst, 0)),
+            rec.nw_proto.eq(Mux(nw_valid, iip.proto, 0)),
+            rec.tp_src.eq(Mux(tp_valid, byteswap(tp_raw[0:16], 2), 0)),
+            rec.tp_dst.eq(Mux(tp_valid, byteswap(tp_raw[16:32], 2), 0)),
+            rec.drop.eq(s2.drop | inner_truncated),
+            rec.reason.eq(Mux(inner_truncated, DropReason.TRUNCATED, s2.reason)),
+            rec.decap.eq(s2.decap & ~inner_truncated),
         ]
-        with m.If(nw_valid):
-            m.d.comb += [
-                rec.nw_src.eq(iip.src),
-                rec.nw_dst.eq(iip.dst),
-                rec.nw_proto.eq(iip.proto),
-            ]
-        with m.If(tp_valid):
-            m.d.comb += [
-                rec.tp_src.eq(byteswap(tp_raw[0:16], 2)),
-                rec.tp_dst.eq(byteswap(tp_raw[16:32], 2)),
-            ]
-        with m.If(inner_truncated):
-            m.d.comb += [
-                rec.drop.eq(1),
-                rec.reason.eq(DropReason.TRUNCATED),
-                rec.decap.eq(0),
-            ]
 
         # --- Records queue. ------------------------------------------------------------------
         m.d.comb += [

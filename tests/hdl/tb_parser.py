@@ -10,6 +10,7 @@ import random
 
 import cocotb
 import vtep_frames as vf
+from amaranth.lib import data
 from openvtep.frames import FrameBatch
 from openvtep.hdl.headers import ParsedHeaders, port_packet_layout, unpack
 from openvtep.headers import DropReason
@@ -35,7 +36,14 @@ async def _collect_records(dut, clock, records, rng, backpressure):
     while True:
         await clock.edge
         if now_ready and int(valid.value):
-            records.append(unpack(ParsedHeaders, int(payload.value)))
+            value = payload.value
+            if not value.is_resolvable:
+                layout = data.Layout.cast(ParsedHeaders)
+                bits = str(value)[::-1]  # LSB first
+                bad = [name for name, field in layout
+                       if any(b not in "01" for b in bits[field.offset:field.offset + field.width])]
+                raise AssertionError(f"record {len(records)} has X/Z bits in {bad}")
+            records.append(unpack(ParsedHeaders, int(value)))
         now_ready = rng.random() >= backpressure
         ready.value = int(now_ready)
 
