@@ -16,7 +16,7 @@ run: deps
 	$(BIN)/openvtep run
 
 test: deps
-	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n auto -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 1; fi; exit $$rc
 
 test-slow: deps
