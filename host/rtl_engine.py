@@ -81,9 +81,9 @@ def rtl_engine(config, ruleset, frames, width=8, *, geometry=None, idle=0.0, bac
     image = compile_tables(ruleset, geometry)
     bad = unsupported_rules(image)
     if bad:
-        raise RuleError(ruleset.filename, [(
-            rule.line, 1, "the rtl engine cannot yet send a controller copy beside an edited "
-                          "output (the editor lacks punt support)") for rule in bad])
+        message = ("the rtl engine cannot yet send a controller copy beside an edited output "
+                   "(the editor lacks punt support)")
+        raise RuleError(ruleset.filename, [(rule.line, 1, message) for rule in bad])
     if len(frames) and int(frames.length.min()) < 1:
         raise UserError("the rtl engine cannot send an empty (0-byte) frame")
     writes = rm.table_writes(image)

@@ -14,6 +14,7 @@ input frame each output came from), per input frame ``hit``, ``rule``, ``emits``
 
 import random
 import time
+from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -82,8 +83,7 @@ async def replay_frames(dut, p, seed):
         if progress and now - last_report > 1.0:
             last_report = now
             rate = (clock.cycle - start_cycle) / (now - started)
-            with open(progress, "w") as f:
-                f.write(f"{len(done)} {clock.cycle} {rate:.0f}\n")
+            Path(progress).write_text(f"{len(done)} {clock.cycle} {rate:.0f}\n")
     await source.wait_idle()
     await clock.cycles(8)
     cycles = clock.cycle - start_cycle
