@@ -111,7 +111,7 @@ VXLAN = header_struct("VXLAN", h.VXLAN, "VXLAN header (RFC 7348 §5), 8 bytes.")
 
 class OutPort:
     """Output port codes of an :data:`EditCommand`: a :class:`Port`, or :attr:`IN_PORT`."""
-    IN_PORT = 3  # Emission.port None: back out of the port the frame came in on
+    IN_PORT = h.IN_PORT_CODE  # Emission.port None: back out of the port the frame came in on
 
 
 class ParsedHeaders(data.Struct):

@@ -15,7 +15,7 @@ import enum
 import numpy as np
 
 __all__ = [
-    "Port", "DropReason", "ETH", "VLAN", "IPV4", "UDP", "VXLAN",
+    "Port", "IN_PORT_CODE", "DropReason", "ETH", "VLAN", "IPV4", "UDP", "VXLAN",
     "ETH_BYTES", "VLAN_BYTES", "IPV4_BYTES", "UDP_BYTES", "VXLAN_BYTES", "ENCAP_BYTES",
     "ETHERTYPE_IPV4", "ETHERTYPE_ARP", "ETHERTYPE_VLAN", "IPPROTO_TCP", "IPPROTO_UDP",
     "VXLAN_FLAG_I", "VXLAN_UDP_PORT", "IPV4_DF", "NO_VLAN",
@@ -33,6 +33,11 @@ class Port(enum.IntEnum):
     @property
     def label(self):
         return self.name.lower()
+
+
+# The output-port code of ``output:in_port`` in an emission (after the Port values): the frame
+# leaves through the port it came in on.
+IN_PORT_CODE = 3
 
 
 class DropReason(enum.IntEnum):
@@ -104,8 +109,9 @@ def offset(layout, name):
 # spreads flows. openvtep's hash is chosen to cost almost nothing in gateware: XOR of rotated
 # 16-bit words, no carries and no state.
 #
-# The words, all big-endian 16-bit, taken from the inner frame *as it is emitted* (after any
-# MAC rewrite earlier in the action list):
+# The words, all big-endian 16-bit: the MACs of the inner frame *as it is emitted* (after any
+# mod_dl_src/mod_dl_dst earlier in the action list), the other fields as the frame was matched
+# (docs/semantics.md step 3; VLAN actions do not change them):
 #   dl_dst[0:2], dl_dst[2:4], dl_dst[4:6], dl_src[0:2], dl_src[2:4], dl_src[4:6],
 #   dl_type (the EtherType after an 802.1Q tag, if any),
 #   nw_src[hi], nw_src[lo], nw_dst[hi], nw_dst[lo], nw_proto (zero-extended),

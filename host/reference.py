@@ -21,7 +21,7 @@ import numpy as np
 from .frames import FrameBatch
 from .headers import (
     ENCAP_BYTES, ETHERTYPE_IPV4, ETHERTYPE_VLAN, IPPROTO_TCP, IPPROTO_UDP, IPV4_DF,
-    IPV4_FRAG_OFFSET, IPV4_MF, NO_VLAN, VXLAN_FLAG_I, DropReason, Port, ipv4_checksum,
+    IN_PORT_CODE, IPV4_FRAG_OFFSET, IPV4_MF, NO_VLAN, VXLAN_FLAG_I, DropReason, Port, ipv4_checksum,
     tunnel_src_port,
 )
 from .rules import VlanOp
@@ -30,7 +30,6 @@ __all__ = ["Reference", "Result", "Parsed", "parse"]
 
 CHUNK_BYTES = 1 << 22    # frame bytes per internal batch: bounds memory, stays in cache
 _WINDOW = 18 + 60 + 4   # header bytes examined: L2 with tag + longest IPv4 header + L4 ports
-_IN_PORT = 3             # emission port code for output:in_port
 
 
 def _be(cols):
@@ -287,7 +286,7 @@ class _Emissions:
                 if j >= len(rule.emissions):
                     continue
                 e = rule.emissions[j]
-                cols["port"][i] = _IN_PORT if e.port is None else int(e.port)
+                cols["port"][i] = IN_PORT_CODE if e.port is None else int(e.port)
                 cols["vlan_op"][i], cols["vid"][i] = int(e.vlan_op), e.vid
                 cols["set_src"][i], cols["dl_src"][i] = e.dl_src is not None, e.dl_src or 0
                 cols["set_dst"][i], cols["dl_dst"][i] = e.dl_dst is not None, e.dl_dst or 0
@@ -391,7 +390,7 @@ class Reference:
         """Emission slot ``j`` for the frames at ``index``: edit and file them per port."""
         r = rule[index]
         p = {k: v[r] for k, v in slot.items()}
-        port = np.where(p["port"] == _IN_PORT, chunk.port[index], p["port"])
+        port = np.where(p["port"] == IN_PORT_CODE, chunk.port[index], p["port"])
         order_key = (base + index) * len(self._emissions.slots) + j
         to_ctl = port == Port.CONTROLLER
         if to_ctl.any():

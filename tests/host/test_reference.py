@@ -274,13 +274,18 @@ class Naive:
                         int.from_bytes(ip[12:16], "big"))
         return None, frame, 0, 0
 
-    def encap(self, inner, vni, tun_dst):
+    def encap(self, inner, matched, vni, tun_dst):
+        """``inner`` (the working copy) encapsulated. The source-port hash takes the MACs of
+        ``inner`` and the other fields of the frame as matched (host/headers.py)."""
         cfg = self.config
+        fields = flow_fields(matched)
+        fields.update(dl_dst=int.from_bytes(inner[0:6], "big"),
+                      dl_src=int.from_bytes(inner[6:12], "big"))
         ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 36 + len(inner), 0, 0x4000,
                                    cfg.ttl, 17, 0, cfg.local_ip.to_bytes(4, "big"),
                                    tun_dst.to_bytes(4, "big")))
         ip[10:12] = ipv4_checksum(bytes(ip)).to_bytes(2, "big")
-        udp = struct.pack("!HHHH", documented_hash(flow_fields(inner)), cfg.udp_port,
+        udp = struct.pack("!HHHH", documented_hash(fields), cfg.udp_port,
                           16 + len(inner), 0)
         vx = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0"
         return (cfg.gateway_mac.to_bytes(6, "big") + cfg.local_mac.to_bytes(6, "big")
@@ -340,8 +345,10 @@ class Naive:
         work = bytearray(inner)
         vni = tun_dst = None
         emitted = []
+        # VLAN actions act on the one tag the frame was parsed with: a second 0x8100 after
+        # it is payload, not a tag (docs/semantics.md step 5).
+        tagged = be16(work, 12) == 0x8100
         for name, arg in rule.actions:
-            tagged = be16(work, 12) == 0x8100
             if name == "mod_dl_src":
                 work[6:12] = arg.to_bytes(6, "big")
             elif name == "mod_dl_dst":
@@ -351,9 +358,11 @@ class Naive:
                     work[14:16] = ((be16(work, 14) & 0xF000) | arg).to_bytes(2, "big")
                 else:
                     work[12:12] = b"\x81\x00" + arg.to_bytes(2, "big")
+                    tagged = True
             elif name == "strip_vlan":
                 if tagged:
                     del work[12:16]
+                    tagged = False
             elif name == "set_tunnel":
                 vni = arg
             elif name == "set_tun_dst":
@@ -364,7 +373,7 @@ class Naive:
                 port = in_port if arg is None else arg
                 if port == N and tun_dst is not None:
                     v = tun_id if vni is None else vni
-                    emitted.append((N, self.encap(bytes(work), v, tun_dst),
+                    emitted.append((N, self.encap(bytes(work), inner, v, tun_dst),
                                     (bytes(work), v, format_ipv4(tun_dst))))
                 else:
                     emitted.append((port, bytes(work), None))
