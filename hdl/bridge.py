@@ -290,8 +290,8 @@ class ControlBridge(wiring.Component):
         m.submodules.encoder = enc = CobsEncoder()
         wiring.connect(m, wiring.flipped(self.i), dec.i)
         wiring.connect(m, enc.o, wiring.flipped(self.o))
-        m.submodules.crc_rx = crc_rx = CRC.create()
-        m.submodules.crc_tx = crc_tx = CRC.create()
+        # One CRC engine: requests are received and replies sent at different times.
+        m.submodules.crc = crc = CRC.create()
 
         # --- Request buffer -------------------------------------------------------------------
         m.submodules.request = request = Memory(shape=8, depth=self.max_request, init=[])
@@ -389,8 +389,8 @@ class ControlBridge(wiring.Component):
         tx = enc.i
         tx_crc_phase = Signal()
         m.d.comb += [
-            crc_tx.data.eq(tx.payload.data),
-            crc_tx.valid.eq(tx.valid & tx.ready & ~tx_crc_phase),
+            crc.data.eq(tx.payload.data),
+            crc.valid.eq(tx.valid & tx.ready & ~tx_crc_phase),
         ]
 
         def finish(kind_name, status, info=0, *, do_commit=None):
@@ -451,8 +451,8 @@ class ControlBridge(wiring.Component):
                         m.d.sync += frame_error.eq(token.error)
                         m.next = "Check"
                     with m.Else():
-                        m.d.comb += [crc_rx.valid.eq(1), crc_rx.data.eq(token.data),
-                                     crc_rx.start.eq(length == 0)]
+                        m.d.comb += [crc.valid.eq(1), crc.data.eq(token.data),
+                                     crc.start.eq(length == 0)]
                         with m.If(length == self.max_request):
                             m.d.sync += overflow.eq(1)
                         with m.Else():
@@ -485,7 +485,7 @@ class ControlBridge(wiring.Component):
                 with m.Elif(length < p.REQUEST_OVERHEAD):
                     m.d.sync += bad_frame.eq(bad_frame + 1)
                     error(S.BAD_LENGTH, length)
-                with m.Elif(~crc_rx.match_detected):
+                with m.Elif(~crc.match_detected):
                     m.d.sync += bad_crc.eq(bad_crc + 1)
                     error(S.BAD_CRC, length)
                 with m.Else(), m.Switch(cmd):
@@ -669,7 +669,7 @@ class ControlBridge(wiring.Component):
 
             # --- Reply --------------------------------------------------------------------------
             with m.State("Reply"):
-                m.d.comb += [tx.valid.eq(1), crc_tx.start.eq(index == 0)]
+                m.d.comb += [tx.valid.eq(1), crc.start.eq(index == 0)]
                 last_index = Signal.like(index)
                 with m.Switch(r_kind):
                     for number, values in kinds.values():
@@ -688,7 +688,7 @@ class ControlBridge(wiring.Component):
 
             with m.State("ReplyCrc"):
                 m.d.comb += [tx.valid.eq(1), tx_crc_phase.eq(1),
-                             tx.payload.data.eq(crc_tx.crc.word_select(fetch_k, 8)),
+                             tx.payload.data.eq(crc.crc.word_select(fetch_k, 8)),
                              tx.payload.last.eq(fetch_k == 3)]
                 with m.If(tx.ready):
                     m.d.sync += fetch_k.eq(fetch_k + 1)
