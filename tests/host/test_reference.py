@@ -166,9 +166,11 @@ def lib_hash(f):
         [f.get("tp_dst", 0)])[0])
 
 
-def check_encap(frame, inner, vni, tun_dst, config=CFG):
+def check_encap(frame, inner, vni, tun_dst, config=CFG, matched=None):
     """``frame`` is ``inner`` VXLAN-encapsulated by ``config`` towards ``tun_dst`` with ``vni``;
-    checked field by field with scapy and with dpkt. Returns the UDP source port."""
+    checked field by field with scapy and with dpkt. The source port hashes the MACs of
+    ``inner`` and the other fields of ``matched`` (the frame as matched, default ``inner``).
+    Returns the UDP source port."""
     inner = bytes(inner)
     assert len(frame) == len(inner) + 50
     gw, local = format_mac(config.gateway_mac), format_mac(config.local_mac)
@@ -210,8 +212,10 @@ def check_encap(frame, inner, vni, tun_dst, config=CFG):
     assert body[0] == 0x08 and body[1:4] == b"\0\0\0" and body[7] == 0
     assert int.from_bytes(body[4:7], "big") == vni
     assert body[8:] == inner == frame[50:]
-    # The source port is the documented hash of the inner frame as emitted.
-    fields = flow_fields(inner)
+    # The source port is the documented hash of the emitted MACs and the matched fields.
+    fields = flow_fields(bytes(inner if matched is None else matched))
+    fields.update(dl_dst=int.from_bytes(inner[0:6], "big"),
+                  dl_src=int.from_bytes(inner[6:12], "big"))
     assert udp.sport == lib_hash(fields) == documented_hash(fields)
     return udp.sport
 
@@ -374,7 +378,7 @@ class Naive:
                 if port == N and tun_dst is not None:
                     v = tun_id if vni is None else vni
                     emitted.append((N, self.encap(bytes(work), inner, v, tun_dst),
-                                    (bytes(work), v, format_ipv4(tun_dst))))
+                                    (bytes(work), v, format_ipv4(tun_dst), inner)))
                 else:
                     emitted.append((port, bytes(work), None))
             else:
@@ -457,6 +461,41 @@ def test_encap_port_hashes_the_emitted_frame():
     emitted = bytes(vm(dst=VM4, src=VM3))
     check_encap(frame, emitted, 7, PEER)
     assert documented_hash(flow_fields(emitted)) != documented_hash(flow_fields(bytes(inner)))
+
+
+def qinq(outer_vid=10, inner_vid=20):
+    """A double-tagged frame: only the first tag is parsed; 0x8100 after it is payload."""
+    return (Ether(dst=VM2, src=VM1) / Dot1Q(vlan=outer_vid, prio=3) / Dot1Q(vlan=inner_vid)
+            / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=2000) / payload(20))
+
+
+def test_encap_hash_uses_matched_fields_after_vlan_actions():
+    frame = qinq()
+    once = bytes(Ether(dst=VM4, src=VM1) / Dot1Q(vlan=20) / IP(src="10.0.0.1", dst="10.0.0.2")
+                 / UDP(sport=1000, dport=2000) / payload(20))
+    rules = f"actions=strip_vlan,mod_dl_dst:{VM4},set_tunnel:5,{TO_PEER},output:net"
+    [out_frame] = out(run(rules, [(H, frame)]), N)
+    sport = check_encap(out_frame, once, 5, PEER, matched=frame)
+    matched = flow_fields(bytes(frame))
+    assert (matched["dl_type"], "nw_src" in matched) == (0x8100, False)
+    emitted = flow_fields(once)
+    assert (emitted["dl_type"], "nw_src" in emitted) == (0x0800, True)
+    assert sport != documented_hash(emitted)
+
+
+def test_vlan_actions_act_on_the_parsed_tag_only():
+    frame = qinq()
+    rules = ("in_port=host,actions=strip_vlan,strip_vlan,output:host\n"
+             "in_port=net,actions=strip_vlan,mod_vlan_vid:30,output:host\n")
+    host_out, net_out = out(run(rules, [(H, frame), (N, frame)]), H)
+    assert host_out == bytes(Ether(dst=VM2, src=VM1) / Dot1Q(vlan=20)
+                             / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=2000)
+                             / payload(20))
+    assert net_out == bytes(Ether(dst=VM2, src=VM1) / Dot1Q(vlan=30, prio=0) / Dot1Q(vlan=20)
+                            / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=2000)
+                            / payload(20))
+    s, d = parse_both(net_out)
+    assert [t.id for t in d.vlan_tags] == [30, 20]
 
 
 def test_encap_keeps_vni_of_decapsulated_frame():
@@ -1233,7 +1272,7 @@ def assert_outputs_sound(config, ruleset, frames, result, naive_outputs):
             assert 14 <= len(frame) <= config.max_frame + OUTPUT_GROWTH
             Ether(frame)
             if info is not None:
-                check_encap(frame, info[0], info[1], info[2], config)
+                check_encap(frame, info[0], info[1], info[2], config, matched=info[3])
             carried = frame if info is None else info[0]
             if dpkt_parses(carried):
                 parse_both(carried)
