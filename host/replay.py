@@ -26,9 +26,14 @@ def _reference_engine(config, ruleset, frames):
     return Reference(config, ruleset).run(frames)
 
 
+def _rtl_engine(config, ruleset, frames):
+    from .rtl_engine import rtl_engine
+    return rtl_engine(config, ruleset, frames)
+
+
 # Engines by name: each takes (config, ruleset, merged FrameBatch) and returns a Result-like
 # object with ``outputs`` (per Port FrameBatch) and ``stats``.
-ENGINES = {"ref": _reference_engine}
+ENGINES = {"ref": _reference_engine, "rtl": _rtl_engine}
 
 
 def parse_inputs(specs):
