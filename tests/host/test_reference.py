@@ -43,10 +43,10 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 CFG = VtepConfig(parse_ipv4(LOCAL_IP), parse_mac(LOCAL_MAC), parse_mac(GW_MAC))
 TO_PEER = f"set_field:{PEER}->tun_dst"
 
-SLOW = dict(max_examples=400, deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FAST = dict(max_examples=25, deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SLOW = {"max_examples": 400, "deadline": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+FAST = {"max_examples": 25, "deadline": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 
 
 # --- Building frames (scapy) ----------------------------------------------------------------
@@ -494,7 +494,7 @@ def test_vlan_actions_act_on_the_parsed_tag_only():
     assert net_out == bytes(Ether(dst=VM2, src=VM1) / Dot1Q(vlan=30, prio=0) / Dot1Q(vlan=20)
                             / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=2000)
                             / payload(20))
-    s, d = parse_both(net_out)
+    _, d = parse_both(net_out)
     assert [t.id for t in d.vlan_tags] == [30, 20]
 
 
@@ -754,7 +754,7 @@ def test_vlan_push_then_encap():
 
 def test_mod_dl_src_dst():
     rules = f"actions=mod_dl_src:{VM3},mod_dl_dst:{VM4},output:host"
-    got, s, d = _vlan_out(rules, vm(vlan=7))
+    got, s, _ = _vlan_out(rules, vm(vlan=7))
     assert (s.src, s.dst) == (VM3, VM4)
     assert got == bytes(vm(dst=VM4, src=VM3, vlan=7))
     # On a decapsulated frame the inner MACs are rewritten.
@@ -795,7 +795,7 @@ def test_controller_gets_frame_as_it_arrived():
              f"in_port=host,actions=mod_dl_src:{VM3},strip_vlan,controller\n")
     result = run(rules, [(N, tunnelled), (H, inner)])
     assert out(result, C) == [tunnelled, tunnelled, bytes(inner)]
-    s, d = parse_both(out(result, C)[0])
+    s, _ = parse_both(out(result, C)[0])
     assert s[IP].dst == LOCAL_IP and s[UDP].dport == 4789
     assert out(result, H) == [bytes(vm(dst=VM4, vlan=99, prio=0))]
     assert result.stats["ports"]["controller"]["tx_bytes"] == 2 * len(tunnelled) + len(inner)
@@ -856,12 +856,14 @@ def test_equal_priority_earlier_line_wins():
     assert out(result, N) == [bytes(vm())]
 
 
+EXACT = ("udp,in_port=host,dl_src=02:00:00:00:00:01,dl_dst=02:00:00:00:00:02,nw_src=10.0.0.1,"
+         "nw_dst=10.0.0.2,tp_src=1000,tp_dst=2000")
+
+
 @pytest.mark.parametrize("lo, hi, frame, winner", [
     # wildcard high vs exact low, and the other way
-    ("udp,in_port=host,dl_src=02:00:00:00:00:01,dl_dst=02:00:00:00:00:02,nw_src=10.0.0.1,"
-     "nw_dst=10.0.0.2,tp_src=1000,tp_dst=2000", "in_port=host", vm(), "hi"),
-    ("in_port=host", "udp,in_port=host,dl_src=02:00:00:00:00:01,dl_dst=02:00:00:00:00:02,"
-     "nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_src=1000,tp_dst=2000", vm(), "hi"),
+    (EXACT, "in_port=host", vm(), "hi"),
+    ("in_port=host", EXACT, vm(), "hi"),
     ("ip,nw_dst=10.0.0.0/8", "ip,nw_dst=10.0.0.0/16", vm(), "hi"),
     ("ip,nw_dst=10.0.0.0/16", "ip,nw_dst=10.0.0.0/8", vm(), "hi"),
     ("ip,nw_dst=10.0.0.0/8", "ip,nw_dst=10.1.0.0/16", vm(), "lo"),
@@ -917,8 +919,9 @@ def test_match_tunnel_fields_after_decap():
 def test_match_inner_fields_not_outer():
     inner = vm(nw_src="10.9.0.1", nw_dst="10.9.0.2", proto="tcp", sport=7, dport=8, vlan=5)
     frame = vxlan(inner, outer_vlan=77, sport=5555)
-    hits = [f"tcp,nw_src=10.9.0.1,nw_dst=10.9.0.2,tp_src=7,tp_dst=8,dl_vlan=5,dl_src={VM1},"
-            f"dl_dst={VM2}", "dl_type=0x0800", "ip,nw_proto=6", "dl_vlan=5"]
+    exact = (f"tcp,nw_src=10.9.0.1,nw_dst=10.9.0.2,tp_src=7,tp_dst=8,dl_vlan=5,dl_src={VM1},"
+             f"dl_dst={VM2}")
+    hits = [exact, "dl_type=0x0800", "ip,nw_proto=6", "dl_vlan=5"]
     misses = [f"ip,nw_dst={LOCAL_IP}", f"ip,nw_src={PEER}", "tcp,tp_src=5555",
               "dl_vlan=77", f"dl_dst={LOCAL_MAC}", f"dl_src={GW_MAC}", "udp", "dl_vlan=0xffff"]
     for match in hits:

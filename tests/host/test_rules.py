@@ -181,10 +181,10 @@ def test_empty_file():
 # --- Normalized text ------------------------------------------------------------------------
 
 NORMALIZED = [
-    ("priority=100,in_port=host,dl_dst=02:00:00:00:00:02,actions=set_tunnel:42,"
-     "set_field:198.18.0.2->tun_dst,output:net",
-     "priority=100,in_port=host,dl_dst=02:00:00:00:00:02 actions=set_tunnel:0x2a,"
-     "set_field:198.18.0.2->tun_dst,output:net"),
+    (("priority=100,in_port=host,dl_dst=02:00:00:00:00:02,actions=set_tunnel:42,"
+      "set_field:198.18.0.2->tun_dst,output:net"),
+     ("priority=100,in_port=host,dl_dst=02:00:00:00:00:02 actions=set_tunnel:0x2a,"
+      "set_field:198.18.0.2->tun_dst,output:net")),
     ("priority=100,in_port=net,tun_id=42,dl_dst=02:00:00:00:00:01,actions=output:host",
      "priority=100,tun_id=0x2a,in_port=net,dl_dst=02:00:00:00:00:01 actions=output:host"),
     ("priority=0,actions=controller", "priority=0 actions=controller"),
@@ -210,10 +210,10 @@ NORMALIZED = [
     ("actions=in_port", "actions=output:in_port"),
     ("actions=set_field:7->tun_id,set_field:198.18.0.9->tun_dst,output:net",
      "actions=set_tunnel:0x7,set_field:198.18.0.9->tun_dst,output:net"),
-    ("actions=mod_vlan_vid:0x10,strip_vlan,mod_dl_src:02:00:00:00:00:AA,"
-     "mod_dl_dst:2:0:0:0:0:bb,output:host",
-     "actions=mod_vlan_vid:16,strip_vlan,mod_dl_src:02:00:00:00:00:aa,"
-     "mod_dl_dst:02:00:00:00:00:bb,output:host"),
+    (("actions=mod_vlan_vid:0x10,strip_vlan,mod_dl_src:02:00:00:00:00:AA,"
+      "mod_dl_dst:2:0:0:0:0:bb,output:host"),
+     ("actions=mod_vlan_vid:16,strip_vlan,mod_dl_src:02:00:00:00:00:aa,"
+      "mod_dl_dst:02:00:00:00:00:bb,output:host")),
     ("priority=7 in_port=net actions=output:host", "priority=7,in_port=net actions=output:host"),
 ]
 
