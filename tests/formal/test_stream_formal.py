@@ -156,6 +156,7 @@ def test_packet_fifo_proof():
                  depth=FIFO_DEPTH * (FIFO_STALL + 1) + 3)
 
 
+@pytest.mark.slow
 def test_packet_fifo_bmc_any_stall():
     # No fairness: any stall pattern, from reset, for 12 cycles.
     formal.check(fifo_contract(max_stall=None), "packet_fifo_any_stall", mode="bmc", depth=12)
