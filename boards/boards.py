@@ -56,6 +56,7 @@ class Board:
     leds: tuple = (("led", 0),)  # (resource, index[, subsignal]) of each LED output bit
     entropy: tuple = ("button", 0)  # an input pin folded into the traffic generator
     uart: bool = True
+    pll_pad: bool = True        # iCE40: the oscillator enters on a PLL pad (SB_PLL40_PAD)
 
     @property
     def targets(self):
@@ -81,7 +82,8 @@ BOARDS = {board.name: board for board in [
           leds=(("led", 0), ("led", 1)), **_ICEPROG),
     Board("ice40-hx8k", ICE40HX8KBEVNPlatform, "ice40", "Lattice iCE40-HX8K breakout board",
           widths=(4,), default_width=4, program=("iceprog", "-S", "{bitstream}"),
-          leds=tuple(("led", i) for i in range(8)), entropy=("uart", 0, "rx"), **_ICEPROG),
+          leds=tuple(("led", i) for i in range(8)), entropy=("uart", 0, "rx"), pll_pad=False,
+          **_ICEPROG),
     Board("ulx3s", ULX3S_85F_Platform, description="Radiona ULX3S, ECP5-85F",
           widths=(4, 8, 16), default_width=8, **_ULX3S),
     Board("ulx3s-45f", ULX3S_45F_Platform, description="Radiona ULX3S, ECP5-45F",

@@ -32,6 +32,10 @@ def _build_one(name, options, root):
         report, code = build(name, echo=_echo, **options)
     except BuildError as exc:
         return name, None, str(exc)
+    except Exception as exc:  # noqa: BLE001 (a bug, not a user mistake: build the others)
+        import traceback
+        traceback.print_exc()
+        return name, None, f"internal error: {type(exc).__name__}: {exc}"
     return name, report, None if code == 0 else report["error"]
 
 

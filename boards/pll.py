@@ -108,8 +108,9 @@ class PLLClock(Elaboratable):
     ``params`` comes from :func:`ice40_pll` or :func:`ecp5_pll` (which picks the primitive).
     """
 
-    def __init__(self, params, *, reset_bits=10):
+    def __init__(self, params, *, pad=True, reset_bits=10):
         self.params = params
+        self.pad = pad
         self.reset_bits = reset_bits
         self.locked = Signal()
 
@@ -117,21 +118,31 @@ class PLLClock(Elaboratable):
         m = Module()
         p = self.params
         clk_in = platform.request(platform.default_clk, dir="-")
-        if not isinstance(p, Ice40PllParams):
+        ice40_pad = isinstance(p, Ice40PllParams) and self.pad
+        if not ice40_pad:
             m.submodules.clk_in = clk_buf = io.Buffer("i", clk_in)
 
         m.domains.sync = cd_sync = ClockDomain("sync")
         m.domains.por = cd_por = ClockDomain("por", reset_less=True)
         pll_clk = Signal()
         locked = self.locked
-        if isinstance(p, Ice40PllParams):
-            # The iCE40 boards' oscillators enter on a PLL pad: the PLL takes the pin itself
-            # (an SB_IO there would take the pad's PLL site).
+        if ice40_pad:
+            # An oscillator on a PLL pad (iCEBreaker): the PLL takes the pin itself (an SB_IO
+            # there would take the pad's PLL site).
             m.submodules.pll = Instance(
                 "SB_PLL40_PAD",
                 p_FEEDBACK_PATH="SIMPLE",
                 p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
                 i_PACKAGEPIN=clk_in.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
+        elif isinstance(p, Ice40PllParams):
+            # Elsewhere (the HX8K breakout's J3 is no PLL pad) the PLL takes the clock from a
+            # global buffer.
+            m.submodules.pll = Instance(
+                "SB_PLL40_CORE",
+                p_FEEDBACK_PATH="SIMPLE",
+                p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
+                i_REFERENCECLK=clk_buf.i, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
         elif isinstance(p, Ecp5PllParams):
             m.submodules.pll = Instance(

@@ -141,9 +141,13 @@ class PacketSink(wiring.Component):
         return m
 
 
-def _request_bit(platform, spec, direction):
-    """An io.Buffer on the pin named by ``spec`` = (resource, number[, subsignal])."""
-    resource = platform.request(spec[0], spec[1], dir="-")
+def _request_bit(platform, spec, direction, requested):
+    """An io.Buffer on the pin named by ``spec`` = (resource, number[, subsignal]);
+    ``requested`` remembers resources already taken (one request per resource)."""
+    key = (spec[0], spec[1])
+    if key not in requested:
+        requested[key] = platform.request(spec[0], spec[1], dir="-")
+    resource = requested[key]
     port = getattr(resource, spec[2]) if len(spec) > 2 else resource
     return io.Buffer(direction, port)
 
@@ -184,7 +188,7 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.clock = PLLClock(self.pll)
+        m.submodules.clock = PLLClock(self.pll, pad=self.board.pll_pad)
         dut = self.design.component
         m.submodules.dut = dut
 
@@ -204,6 +208,7 @@ class BoardTop(Elaboratable):
 
         board = self.board
         status = sink.status
+        requested = {}
         use_uart = board.uart and _has_uart()
         if use_uart or board.entropy[0] == "uart":
             uart_pins = platform.request("uart", 0, dir="-")
@@ -211,7 +216,7 @@ class BoardTop(Elaboratable):
         if board.entropy[0] == "uart":
             m.d.comb += source.entropy.eq(rx_buf.i)
         else:
-            m.submodules.entropy = entropy = _request_bit(platform, board.entropy, "i")
+            m.submodules.entropy = entropy = _request_bit(platform, board.entropy, "i", requested)
             m.d.comb += source.entropy.eq(entropy.i)
 
         if use_uart:
@@ -229,7 +234,7 @@ class BoardTop(Elaboratable):
 
         leds = fold(status, len(board.leds))
         for k, spec in enumerate(board.leds):
-            buf = _request_bit(platform, spec, "o")
+            buf = _request_bit(platform, spec, "o", requested)
             m.submodules[f"led_{k}"] = buf
             m.d.sync += buf.o.eq(leds[k])
         return m
