@@ -3,7 +3,7 @@ for frame with the reference model (``openvtep.reference``).
 
 Run from ``tests/hdl/test_editor.py``. Parameters (``test_params()``): ``width``, ``frames``,
 ``idle`` and ``backpressure`` (probabilities); for ``line_rate`` (defined in
-``openvtep.bench_rtl``, which ``openvtep bench rtl`` runs): ``ops``, ``sizes``, ``count``.
+``openvtep.sim.bench_rtl_tb``, which ``openvtep bench rtl`` runs): ``ops``, ``sizes``, ``count``.
 """
 
 import random
@@ -11,7 +11,7 @@ import time
 
 import cocotb
 import vtep_frames as vf
-from openvtep.bench_rtl import line_rate  # noqa: F401  (a cocotb test, run from here too)
+from openvtep.sim.bench_rtl_tb import line_rate  # noqa: F401  (a cocotb test, run from here too)
 from openvtep.hdl.datapath import datapath_layout
 from openvtep.hdl.headers import port_packet_layout
 from openvtep.headers import DropReason, Port

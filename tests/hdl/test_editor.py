@@ -8,7 +8,7 @@ reference model via ``vtep_frames.py``):
   tunnel header) under every action combination, with random input gaps and output
   backpressure; the drop counters equal the reference's;
 - ``reset_mid_frame``: a reset in the middle of a frame, and the frames after it;
-- ``line_rate`` (from ``openvtep.bench_rtl``): exact cycle counts, ceil(max(n_in, n_out)/W)
+- ``line_rate`` (from ``openvtep.sim.bench_rtl_tb``): exact cycle counts, ceil(max(n_in, n_out)/W)
   cycles per back-to-back frame for pass, encap, decap, VLAN push and pop.
 
 All three run in one simulation per width (one Verilog conversion, the slow part of setup);
