@@ -10,7 +10,7 @@ APT_STAMP := .cache/apt.stamp
 APT_TOOLS := iverilog:iverilog tshark:tshark ovs-ofctl:openvswitch-common ip:iproute2
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow bench lint deps clean
+.PHONY: run test test-slow formal formal-slow bench lint deps clean
 
 run: deps
 	$(BIN)/openvtep run
@@ -21,6 +21,12 @@ test: deps
 
 test-slow: deps
 	$(BIN)/python -m pytest -n auto -m slow $(PYTEST_ARGS)
+
+formal: deps
+	$(BIN)/python -m pytest -n 2 tests/formal $(PYTEST_ARGS)
+
+formal-slow: deps
+	$(BIN)/python -m pytest -n 2 -m slow tests/formal $(PYTEST_ARGS)
 
 bench: deps
 	mkdir -p out
