@@ -1,11 +1,7 @@
-"""tests/fuzz: the long hypothesis profiles (``@pytest.mark.slow``) run only when asked for,
-with ``-m slow`` (``make test-slow``)."""
-
-from pathlib import Path
+"""Project-wide test settings: heavy sweeps (``@pytest.mark.slow``) run only when asked for,
+with ``-m slow`` (``make test-slow``), whichever folder they are in."""
 
 import pytest
-
-HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -13,5 +9,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="slow: run with -m slow (make test-slow)")
     for item in items:
-        if item.get_closest_marker("slow") and HERE in item.path.parents:
+        if item.get_closest_marker("slow"):
             item.add_marker(skip)
