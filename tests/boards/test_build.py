@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+
 from openvtep.boards.build import dfu_suffix
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from openvtep.boards.boards import BOARDS, DEFAULT_BOARDS
 from openvtep.boards.cli import main
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from openvtep.boards.pll import ecp5_pll, ice40_pll
 
 ICE40_CASES = [(12e6, 31.25e6), (12e6, 50e6), (12e6, 16e6)]
