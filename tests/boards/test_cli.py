@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from openvtep.boards.boards import BOARDS, DEFAULT_BOARDS
+from openvtep.boards.build import dfu_suffix
 from openvtep.boards.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -130,3 +131,15 @@ def test_help_has_defaults_and_example():
     out = " ".join(out.split())
     assert "(default: yowasp)" in out and "example" in out
     assert all(name in out for name in DEFAULT_BOARDS)
+
+
+def test_dfu_suffix(tmp_path):
+    import zlib
+    path = tmp_path / "top.bit"
+    path.write_bytes(b"\x00\xff" * 100)
+    dfu_suffix(path)
+    data = path.read_bytes()
+    assert len(data) == 216
+    # bcdDevice ffff, idProduct 5af0, idVendor 1209, bcdDFU 0100, "UFD", length 16 (LE)
+    assert data[200:212] == bytes.fromhex("fffff05a0912000155464410")
+    assert int.from_bytes(data[212:], "little") == zlib.crc32(data[:212]) ^ 0xFFFFFFFF
