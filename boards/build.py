@@ -336,6 +336,9 @@ def build(board_name, *, width=None, seed=1, exact=None, wildcard=None, toolchai
     for note in top.design_notes:
         echo(f"{label}: skipped design {note}")
     echo(f"{label}: design {top.design.name}: {top.design.description}")
+    if geometry is not None and not (top.design.exact_entries or top.design.wildcard_entries):
+        echo(f"{label}: note: --exact/--wildcard ignored: design {top.design.name} has no "
+             f"classifier tables (the report says 0 entries)")
     echo(f"{label}: clock {top.pll.f_out / 1e6:g} MHz from the {top.pll.f_in / 1e6:g} MHz "
          f"oscillator by PLL (requested {top.requested_mhz:g} MHz)")
     nextpnr_opts = ["--seed", str(seed), "--report", "top.report.json"]
