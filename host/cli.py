@@ -48,7 +48,109 @@ def _cmd_replay(args):
     return 0
 
 
+def _progress(message):
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def _session(args, config=None):
+    """A Vtep session on ``--port``, or on a virtual board built with ``config`` (default: the
+    ``--config`` file, else the example's)."""
+    from .vtep import Session
+    if args.port is None and config is None:
+        config = load_config(getattr(args, "config", None) or
+                             os.path.join(EXAMPLES, "vtep.toml"))
+    return Session(args.port, config=config, width=getattr(args, "width", 8),
+                   progress=_progress)
+
+
+def _cmd_serve(args):
+    from .hdl.top import VtepTop
+    from .sim.virtual_board import serve
+    config = load_config(args.config)
+    listen = "pty" if args.pty else args.listen
+    board = serve(lambda: VtepTop(args.width, config), listen, simulator=args.simulator)
+    print(f"openvtep: serving VtepTop (W={args.width}, {args.config}) on {board.url}; "
+          f"Ctrl-C stops it", flush=True)
+    try:
+        board.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_rules_load(args):
+    ruleset = load_rules(args.file)
+    with _session(args) as vtep:
+        vtep.load_rules(ruleset)
+        print(f"{args.file}: {len(ruleset)} rule(s) loaded and verified on {vtep.device.url}")
+    return 0
+
+
+def _cmd_rules_dump(args):
+    from .vtep import format_dump
+    ruleset = load_rules(args.rules)
+    with _session(args) as vtep:
+        image = vtep.compile(ruleset)
+        if args.port is None:
+            vtep.load_rules(ruleset)
+        else:  # the device holds the rules already: check it holds exactly these
+            vtep.image, vtep.ruleset = image, ruleset
+            vtep.verify(image)
+        print("\n".join(format_dump(vtep.counters())))
+    return 0
+
+
+def _cmd_counters(args):
+    import json
+
+    from .replay import format_stats
+    with _session(args) as vtep:
+        if args.rules:
+            ruleset = load_rules(args.rules)
+            vtep.image, vtep.ruleset = vtep.compile(ruleset), ruleset
+        stats = vtep.counters()
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def _cmd_inject(args):
+    from .frames import read_pcap
+    from .headers import Port
+    port = Port[args.port_name.upper()]
+    batch = read_pcap(args.pcap, port)
+    with _session(args) as vtep:
+        for frame in batch.frames():
+            vtep.inject(port, frame)
+    print(f"{args.pcap}: {len(batch)} frame(s) injected on {port.label}")
+    return 0
+
+
+def _cmd_capture(args):
+    import numpy as np
+
+    from .frames import FrameBatch, write_pcap
+    from .headers import Port
+    want = None if args.port_name == "any" else Port[args.port_name.upper()]
+    with _session(args) as vtep:
+        frames = vtep.capture(count=args.count, timeout=args.timeout)
+    others = [f for f in frames if want is not None and f[0] != want]
+    frames = [f for f in frames if want is None or f[0] == want]
+    batch = FrameBatch.from_frames(frames) if frames else FrameBatch.empty()
+    batch.time_ns = np.arange(len(batch), dtype=np.int64) * 1000
+    write_pcap(args.pcap, batch)
+    print(f"{args.pcap}: {len(frames)} frame(s) captured"
+          + (f" ({len(others)} on other ports discarded)" if others else ""))
+    return 0
+
+
 def _cmd_run(args):
+    if args.engine != "board":
+        return _cmd_run_replay(args)
+    from .vtep import run_example
+    return run_example(args, _session)
+
+
+def _cmd_run_replay(args):
     from .replay import format_stats, parse_inputs, replay, write_results
     inputs = parse_inputs([f"host={args.host_pcap}", f"net={args.net_pcap}"])
     config = load_config(args.config)
@@ -60,6 +162,15 @@ def _cmd_run(args):
     print(format_stats(result.stats))
     print(f"per-port pcaps and stats.json in {args.out}")
     return 0
+
+
+def _add_port(parser, config=True):
+    parser.add_argument("--port", metavar="URL", default=None,
+                        help="device: a serial port, pty or socket:// URL (default: start a "
+                             "virtual board for the duration of the command)")
+    if config:
+        parser.add_argument("--config", default=os.path.join(EXAMPLES, "vtep.toml"),
+                            help="vtep.toml the virtual board's gateware is built with")
 
 
 def build_parser():
@@ -82,6 +193,84 @@ def build_parser():
         epilog="example: openvtep rules check examples/rules.txt")
     check.add_argument("file", help="rules file (one ovs-ofctl-style rule a line)")
     check.set_defaults(func=_cmd_rules_check)
+    load = rules_sub.add_parser(
+        "load", formatter_class=_defaults_formatter,
+        help="compile rules, write them to the device, read them back",
+        description="Compile a rules file for the device's tables, load it and verify every "
+                    "table entry by reading it back. A rule set that does not fit is refused, "
+                    "naming the rule.",
+        epilog="example: openvtep rules load examples/rules.txt --port socket://127.0.0.1:5555")
+    load.add_argument("file", help="rules file")
+    _add_port(load)
+    load.set_defaults(func=_cmd_rules_load)
+    dump = rules_sub.add_parser(
+        "dump", formatter_class=_defaults_formatter,
+        help="the device's rules with their counters (like ovs-ofctl dump-flows)",
+        description="Check the device holds RULES (read-back; without --port they are loaded "
+                    "first) and print each rule normalized with n_packets and n_bytes from "
+                    "its counters, in file order.",
+        epilog="example: openvtep rules dump --rules examples/rules.txt "
+               "--port socket://127.0.0.1:5555")
+    dump.add_argument("--rules", default=os.path.join(EXAMPLES, "rules.txt"),
+                      help="the rules file the device was loaded with")
+    _add_port(dump)
+    dump.set_defaults(func=_cmd_rules_dump)
+
+    serve = sub.add_parser(
+        "serve", formatter_class=_defaults_formatter,
+        help="serve the simulated VTEP on a socket or pty (a virtual board)",
+        description="Build VtepTop (control bridge + pipeline) for --config and serve it "
+                    "as a virtual board until Ctrl-C; print its URL for --port.",
+        epilog="example: openvtep serve --listen socket://127.0.0.1:5555")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--listen", default="socket://127.0.0.1:5555", metavar="URL",
+                       help="socket://HOST:PORT (PORT 0: any free port)")
+    where.add_argument("--pty", action="store_true", help="serve on a pseudo-terminal")
+    serve.add_argument("--width", type=int, default=8, help="bytes per beat (W)")
+    serve.add_argument("--config", default=os.path.join(EXAMPLES, "vtep.toml"),
+                       help="vtep.toml the gateware is built with")
+    serve.add_argument("--simulator", default="icarus", choices=("icarus", "amaranth"),
+                       help="simulator")
+    serve.set_defaults(func=_cmd_serve)
+
+    counters = sub.add_parser(
+        "counters", formatter_class=_defaults_formatter,
+        help="read the device's port, drop and rule counters",
+        description="Read the per-port, drop and (with --rules, the file the device was "
+                    "loaded with) per-rule counters.",
+        epilog="example: openvtep counters --json --port socket://127.0.0.1:5555")
+    counters.add_argument("--json", action="store_true", help="print stats.json format")
+    counters.add_argument("--rules", default=None, help="rules file loaded on the device")
+    _add_port(counters)
+    counters.set_defaults(func=_cmd_counters)
+
+    inject = sub.add_parser(
+        "inject", formatter_class=_defaults_formatter,
+        help="send a pcap's frames into the device on a port",
+        description="Inject every frame of a pcap into the pipeline as if it arrived on "
+                    "PORT (host or net).",
+        epilog="example: openvtep inject host examples/host.pcap --port socket://127.0.0.1:5555")
+    inject.add_argument("port_name", metavar="PORT", choices=("host", "net"),
+                        help="host or net")
+    inject.add_argument("pcap", metavar="FILE.pcap")
+    _add_port(inject)
+    inject.set_defaults(func=_cmd_inject)
+
+    capture = sub.add_parser(
+        "capture", formatter_class=_defaults_formatter,
+        help="write the frames the device emitted on a port to a pcap",
+        description="Capture the frames waiting on the device (PORT: host, net, controller "
+                    "or any; frames of other ports are taken and discarded) into a pcap.",
+        epilog="example: openvtep capture net out/net.pcap --count 5 --timeout 10 "
+               "--port socket://127.0.0.1:5555")
+    capture.add_argument("port_name", metavar="PORT",
+                         choices=("host", "net", "controller", "any"))
+    capture.add_argument("pcap", metavar="FILE.pcap")
+    capture.add_argument("--count", type=int, default=None,
+                         help="frames to wait for (default: all that are waiting)")
+    capture.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
+    _add_port(capture)
+    capture.set_defaults(func=_cmd_capture)
 
     replay = sub.add_parser(
         "replay", formatter_class=_defaults_formatter,
@@ -103,15 +292,24 @@ def build_parser():
 
     run = sub.add_parser(
         "run", formatter_class=_defaults_formatter,
-        help="the main job: the bundled example through the VTEP, with a report",
-        description="Load the example rules, send the example traffic and print per-port "
-                    "results and counters.")
+        help="the main job: the bundled example through the VTEP, checked against the "
+             "reference",
+        description="Start a virtual board (or use --port), load the example rules, inject "
+                    "the example traffic, capture every frame, read the counters and compare "
+                    "all of it with the reference model. Exit status 1 on any difference. "
+                    "--engine ref|rtl replays through the reference model or the bare "
+                    "pipeline simulation instead (no comparison).",
+        epilog="example: openvtep run   (or: openvtep run --port socket://127.0.0.1:5555)")
     run.add_argument("--config", default=os.path.join(EXAMPLES, "vtep.toml"))
     run.add_argument("--rules", default=os.path.join(EXAMPLES, "rules.txt"))
     run.add_argument("--host-pcap", default=os.path.join(EXAMPLES, "host.pcap"))
     run.add_argument("--net-pcap", default=os.path.join(EXAMPLES, "net.pcap"))
     run.add_argument("--out", default="out/run", metavar="DIR")
-    run.add_argument("--engine", default="ref", help="ref or rtl")
+    run.add_argument("--engine", default="board", choices=("board", "ref", "rtl"),
+                     help="board: the device (virtual board unless --port); ref/rtl: replay")
+    run.add_argument("--port", metavar="URL", default=None,
+                     help="device URL (default: start a virtual board)")
+    run.add_argument("--width", type=int, default=8, help="virtual board's W")
     run.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG)")
