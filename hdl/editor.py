@@ -73,6 +73,12 @@ class Editor(wiring.Component):
     Drops (the parser's verdict, or the command's ``drop``) emit nothing; the frame is discarded
     from the buffer and counted in ``drops[reason]``.
 
+    A command with ``punt`` emits the frame twice from the same stored words: the edited output,
+    then (right after it, with no bubble) the frame exactly as it arrived on
+    :attr:`Port.CONTROLLER` (docs/semantics.md step 5, ``controller``). The frame's words are
+    freed after the copy. Per output port frames stay in input order; on the shared ``o`` the
+    copy costs its own ``ceil(n_in / W)`` beats.
+
     Latency: from a frame's last input beat to its first output beat, about 5 cycles after its
     record and command are both available (more when the output is still busy).
 
@@ -169,6 +175,9 @@ class Editor(wiring.Component):
             "header_len": range(HEADER_BYTES + 1),
             "out_len": 16,
             "port": 2,
+            "punt": 1,              # then the frame as it arrived, to the controller
+            "first": abits,         # the frame's first word
+            "length": 16,           # the frame's length as it arrived
         })
         m.submodules.plans = plans = fifo.SyncFIFOBuffered(
             width=desc_layout.size, depth=self.frames)
@@ -262,6 +271,9 @@ class Editor(wiring.Component):
             plan.header_len.eq(header_len),
             plan.out_len.eq(rec.length - skip + header_len),
             plan.port.eq(port),
+            plan.punt.eq(cmd.punt & ~raw),
+            plan.first.eq(join_ptr[:abits]),
+            plan.length.eq(rec.length),
             plans.w_data.eq(plan),
             plans.w_en.eq(joined),
         ]
@@ -280,6 +292,9 @@ class Editor(wiring.Component):
         a_port = Signal(2)
         a_end = Signal(abits + 1)
         a_last = a_left <= width
+        a_punt = Signal()        # the controller copy follows this output
+        a_first = Signal(abits)
+        a_length = Signal(16)
 
         b_valid = Signal()
         b_header = Signal(8 * width)
@@ -325,15 +340,31 @@ class Editor(wiring.Component):
                 a_shift.eq(plan.shift),
                 a_port.eq(plan.port),
                 a_end.eq(plan.end),
+                a_punt.eq(plan.punt),
+                a_first.eq(plan.first),
+                a_length.eq(plan.length),
+            ]
+
+        def load_punt():
+            # The same frame again, from its first word: no header, no shift, as it arrived.
+            m.d.sync += [
+                a_addr.eq(a_first),
+                a_header_left.eq(0),
+                a_left.eq(a_length),
+                a_shift.eq(0),
+                a_port.eq(Port.CONTROLLER),
+                a_punt.eq(0),
             ]
 
         # Plain expressions rather than m.If for these controls: they hold from reset until the
         # first frame, and Icarus would leave an always @* block's outputs X until an input moves.
-        finishing = Signal()
+        finishing = Signal()   # the last beat of a frame's last output leaves stage A
+        punting = Signal()     # the last beat of an output with a controller copy to follow
         drop_head = Signal()   # a dropped frame's words are freed in order: only with A empty
         load_head = Signal()
         m.d.comb += [
-            finishing.eq(advance & a_last),
+            finishing.eq(advance & a_last & ~a_punt),
+            punting.eq(advance & a_last & a_punt),
             drop_head.eq(plans.r_rdy & head.drop & ~a_valid),
             load_head.eq(plans.r_rdy & ~head.drop & (~a_valid | finishing)),
             plans.r_en.eq(drop_head | load_head),
@@ -344,6 +375,8 @@ class Editor(wiring.Component):
             m.d.sync += a_valid.eq(0)
         with m.If(load_head):
             load(head)
+        with m.If(punting):
+            load_punt()
 
         # Stage B: the beat is header bytes, then the frame's bytes realigned.
         pair = Cat(rp0.data, rp1.data)

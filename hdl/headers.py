@@ -150,7 +150,9 @@ class EditCommand(data.Struct):
 
     ``port`` is a :class:`Port` or :attr:`OutPort.IN_PORT`. ``drop`` discards the frame and
     counts it under ``reason`` (``table_miss`` or ``action_drop``), unless the parser already
-    dropped it. ``set_*`` clear: the field is left as the frame has it.
+    dropped it. ``set_*`` clear: the field is left as the frame has it. ``punt``: after the
+    edited output, the frame is also emitted exactly as it arrived on :attr:`Port.CONTROLLER`
+    (a rule's ``controller`` beside an edited output; ignored when the frame is dropped).
     """
     drop: unsigned(1)
     reason: DropReason
@@ -165,12 +167,16 @@ class EditCommand(data.Struct):
     tun_dst: unsigned(32)
     set_vni: unsigned(1)
     vni: unsigned(24)
+    punt: unsigned(1)
 
 
-def command_from_emission(emission, *, drop_reason=None):
+def command_from_emission(emission, *, drop_reason=None, punt=False):
     """The :data:`EditCommand` fields (a dict of ints) for an ``Emission``, or for a drop
-    (``emission`` None) counted under ``drop_reason``."""
+    (``emission`` None) counted under ``drop_reason``. ``punt``: also send the frame as it
+    arrived to the controller (only beside an emission)."""
     if emission is None:
+        if punt:
+            raise ValueError("a controller copy (punt) needs an emission beside it")
         reason = DropReason.ACTION_DROP if drop_reason is None else DropReason(drop_reason)
         return {"drop": 1, "reason": int(reason)}
     port = OutPort.IN_PORT if emission.port is None else int(emission.port)
@@ -181,6 +187,7 @@ def command_from_emission(emission, *, drop_reason=None):
         "set_dl_dst": int(emission.dl_dst is not None), "dl_dst": emission.dl_dst or 0,
         "encap": int(emission.tun_dst is not None), "tun_dst": emission.tun_dst or 0,
         "set_vni": int(emission.vni is not None), "vni": emission.vni or 0,
+        "punt": int(bool(punt)),
     }
 
 

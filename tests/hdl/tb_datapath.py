@@ -59,8 +59,8 @@ async def random_frames(dut):
     outputs, commands, drops = vf.expected(frames, texts)
     for (port, frame), command in zip(frames, commands):
         source.send(frame, port=int(port), cmd=command)
-    want = [o for o in outputs if o is not None]
-    beats = sum(-(-(len(f) + 54) // width) for _, f in frames)
+    want = [o for outs in outputs for o in outs]
+    beats = sum(-(-(2 * len(f) + 54) // width) for _, f in frames)  # controller copies too
     started = time.perf_counter()
     await sink.wait_frames(len(want), timeout_cycles=10 * beats + 1000)
     await source.wait_idle()
@@ -93,7 +93,7 @@ async def reset_mid_frame(dut):
     outputs, commands, _ = vf.expected(frames, [rule] * len(frames))
     for (port, frame), command in zip(frames, commands):
         source.send(frame, port=int(port), cmd=command)
-    before = [o for o in outputs if o is not None]
+    before = [o for outs in outputs for o in outs]
     await sink.wait_frames(len(before), timeout_cycles=5000)
     await source.wait_idle()
     await clock.cycles(30)
@@ -122,7 +122,7 @@ async def reset_mid_frame(dut):
     outputs, commands, drops = vf.expected(post, [rule] * len(post))
     for (port, frame), command in zip(after, commands[1:]):
         source.send(frame, port=int(port), cmd=command)
-    want = [o for o in outputs if o is not None]
+    want = [o for outs in outputs for o in outs]
     first_out = len(sink.frames)
     await sink.wait_frames(first_out + len(want), timeout_cycles=20000)
     await source.wait_idle()

@@ -203,6 +203,8 @@ def random_rule(rng):
         actions.append("output:in_port" if output == "tunnel_in_port" else "output:net")
     else:
         actions.append(f"output:{output}")
+    if output != "controller" and rng.random() < 0.15:  # a controller copy beside the output
+        actions.insert(rng.randint(0, len(actions)), "controller")
     match = ""
     if rng.random() < 0.05:
         match = f"in_port={rng.choice(['host', 'net'])},"  # the other port: table miss
@@ -215,10 +217,11 @@ def _mac_text(value):
 
 def expected(frames, rule_texts, config=CONFIG):
     """Run the reference model on ``frames`` (``(port, bytes)``), frame ``k`` under the rule
-    set ``rule_texts[k]``. Returns ``(outputs, commands, drops)``: per input frame its output
-    ``(port, bytes)`` or None; per input frame the packed EditCommand the classifier would
-    give it; the total drop counts per reason (a list indexed by DropReason)."""
-    outputs = [None] * len(frames)
+    set ``rule_texts[k]``. Returns ``(outputs, commands, drops)``: per input frame the list of
+    its outputs ``(port, bytes)`` in the editor's order (the edited output, then a controller
+    copy); per input frame the packed EditCommand the classifier and pipeline would give it;
+    the total drop counts per reason (a list indexed by DropReason)."""
+    outputs = [[] for _ in frames]
     commands = [0] * len(frames)
     drops = [0] * len(DropReason)
     groups = {}
@@ -234,11 +237,15 @@ def expected(frames, rule_texts, config=CONFIG):
         for port in Port:
             out = result.outputs[port]
             for k, frame in zip(out.time_ns.tolist(), out.frames()):
-                assert outputs[k] is None, "one emission per frame"
-                outputs[k] = (port, frame)
+                outputs[k].append((port, frame))
         for k, rule, drop in zip(indices, result.rule.tolist(), result.drop.tolist()):
             emissions = ruleset.rules[rule].emissions if rule >= 0 else ()
-            if emissions:
+            edited = [e for e in emissions if e.port is not Port.CONTROLLER]
+            assert len(edited) <= 1 and len(emissions) - len(edited) <= 1, "one output per frame"
+            outputs[k].sort(key=lambda out: out[0] == Port.CONTROLLER and bool(edited))
+            if edited:
+                fields = command_from_emission(edited[0], punt=len(emissions) > 1)
+            elif emissions:
                 fields = command_from_emission(emissions[0])
             else:
                 reason = DropReason.TABLE_MISS if rule < 0 else DropReason.ACTION_DROP
