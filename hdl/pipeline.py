@@ -24,18 +24,24 @@ __all__ = ["FrameDone", "Pipeline"]
 
 class FrameDone(data.Struct):
     """A strobe per frame, as the editor takes its verdict (frame order): whether it matched a
-    rule (``hit``, ``rule`` index) and whether the editor will emit it (``emits``)."""
+    rule (``hit``, ``rule`` index), whether the editor will emit it (``emits``) and then also
+    send it as it arrived to the controller (``punt``), or else why it is dropped
+    (``reason``, a :class:`DropReason`; meaningless while ``emits``)."""
     valid: 1
     hit: 1
     rule: rm.INDEX_BITS
     emits: 1
+    punt: 1
+    reason: DropReason
 
 
 class Pipeline(wiring.Component):
     """Parser, classifier and editor, with per-port and drop counters.
 
     ``i`` carries frames (``port``: host or net, constant over a frame); ``o`` the frames
-    emitted, each with its output port (host, net or controller), in input frame order.
+    emitted, each with its output port (host, net or controller), in input frame order; a
+    frame whose rule also sends it to the controller (the classifier's ``Verdict.punt``) leaves twice:
+    edited, then as it arrived on the controller port.
 
     Throughput: the editor's (a frame of n bytes takes ``ceil(max(n_in, n_out) / W)`` cycles in
     steady state) as long as the classifier keeps up: ``max(1, active profiles)`` cycles per
@@ -91,17 +97,24 @@ class Pipeline(wiring.Component):
         wiring.connect(m, parser.o_hdr, classifier.i)
         # The editor takes a frame's record and command together (its i_hdr.ready and
         # i_cmd.ready are the same signal), so one verdict stream feeds both.
+        # The action table keeps the controller copy in its own bit (Verdict.punt), not in the
+        # command it stores: it goes into the command here.
         verdict = classifier.o
+        emits = ~verdict.p.hdr.drop & ~verdict.p.cmd.drop
         m.d.comb += [
             editor.i_hdr.valid.eq(verdict.valid),
             editor.i_hdr.p.eq(verdict.p.hdr),
             editor.i_cmd.valid.eq(verdict.valid),
             editor.i_cmd.p.eq(verdict.p.cmd),
+            editor.i_cmd.p.punt.eq(verdict.p.punt),
             verdict.ready.eq(editor.i_hdr.ready),
             self.done.valid.eq(verdict.valid & verdict.ready),
             self.done.hit.eq(verdict.p.hit),
             self.done.rule.eq(verdict.p.rule),
-            self.done.emits.eq(~verdict.p.hdr.drop & ~verdict.p.cmd.drop),
+            self.done.emits.eq(emits),
+            self.done.punt.eq(emits & verdict.p.punt),
+            self.done.reason.eq(Mux(verdict.p.hdr.drop, verdict.p.hdr.reason,
+                                    verdict.p.cmd.reason)),
         ]
         wiring.connect(m, editor.o, wiring.flipped(self.o))
 

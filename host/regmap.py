@@ -181,7 +181,9 @@ def action_fields(action):
 
     An action whose only output is the controller copy becomes an edited output to the
     controller port (which the editor emits raw); ``punt`` is then only set alongside an
-    edited output elsewhere."""
+    edited output elsewhere. The command's own ``punt`` bit stays clear: the classifier gives
+    the entry's ``punt`` beside the command (``Verdict.punt``) and the pipeline sets it in the
+    command the editor takes."""
     from .hdl.headers import EditCommand, command_from_emission, pack
     if action.output is not None:
         fields, punt = command_from_emission(action.output), action.punt

@@ -45,10 +45,10 @@ class RtlResult:
 
 
 def unsupported_rules(image):
-    """Rules the current gateware cannot execute: an edited output *and* a controller copy
-    (the editor emits one frame per input frame until it learns the punt copy)."""
-    return [rule for rule, action in zip(image.rules, image.actions)
-            if action.output is not None and action.punt]
+    """Rules of a compiled ``image`` that the gateware cannot execute. None: every action
+    :func:`openvtep.tables.compile_tables` accepts (one edited output, and at most one
+    controller copy beside it) is the editor's; a rule set beyond that is refused there."""
+    return []
 
 
 def _progress(path, stop, total):
@@ -81,8 +81,7 @@ def rtl_engine(config, ruleset, frames, width=8, *, geometry=None, idle=0.0, bac
     image = compile_tables(ruleset, geometry)
     bad = unsupported_rules(image)
     if bad:
-        message = ("the rtl engine cannot yet send a controller copy beside an edited output "
-                   "(the editor lacks punt support)")
+        message = "the gateware cannot execute this rule's actions"
         raise RuleError(ruleset.filename, [(rule.line, 1, message) for rule in bad])
     if len(frames) and int(frames.length.min()) < 1:
         raise UserError("the rtl engine cannot send an empty (0-byte) frame")

@@ -7,8 +7,9 @@ write); ``rules`` (rule counters to read back); ``idle``, ``backpressure`` (prob
 ``progress`` (a file rewritten about once a second with "frames cycles cycles_per_second").
 
 Results: ``out_data`` (all output bytes), ``out_length``, ``out_port``, ``out_frame`` (the
-input frame each output came from), per input frame ``hit``, ``rule``, ``emits``,
-``out_start`` and ``in_start`` (cycles of first beats, for timing), ``rule_counters`` (N, 2),
+input frame each output came from), per input frame ``hit``, ``rule``, ``emits``, ``punt``
+(also sent as it arrived to the controller, right after its edited output), ``reason`` (the
+drop reason, -1 for a frame that is emitted), ``out_start`` and ``in_start`` (cycles of first beats, for timing), ``rule_counters`` (N, 2),
 ``port_counters`` (ports, 4), ``drops``, ``cycles``, ``load_cycles``.
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from openvtep import regmap as rm
-from openvtep.hdl.headers import port_packet_layout
+from openvtep.hdl.headers import port_packet_layout, unpack
+from openvtep.hdl.pipeline import FrameDone
 from openvtep.headers import DropReason, Port
 from openvtep.sim.cocotb_runner import test_params, test_seed
 from openvtep.sim.regbus import RegisterDriver, read_drops, read_port_counters, read_rule_counters
@@ -29,7 +31,8 @@ __all__ = ["replay_frames", "watch_done"]
 
 
 async def watch_done(dut, clock, done):
-    """Append ``(hit, rule, emits)`` to ``done`` for every frame the pipeline decides."""
+    """Append ``(hit, rule, emits, punt, reason)`` to ``done`` for every frame the pipeline
+    decides (:class:`openvtep.hdl.pipeline.FrameDone`)."""
     handle = dut.done
     raw = getattr(getattr(handle, "_handle", None), "get_signal_val_binstr", None)
     read = (lambda: int(raw(), 2)) if raw is not None else (lambda: int(handle.value))
@@ -40,8 +43,8 @@ async def watch_done(dut, clock, done):
         except ValueError:
             continue
         if value & 1:
-            done.append(((value >> 1) & 1, (value >> 2) & ((1 << rm.INDEX_BITS) - 1),
-                         (value >> (2 + rm.INDEX_BITS)) & 1))
+            f = unpack(FrameDone, value)
+            done.append((f["hit"], f["rule"], f["emits"], f["punt"], f["reason"]))
 
 
 async def replay_frames(dut, p, seed):
@@ -70,7 +73,7 @@ async def replay_frames(dut, p, seed):
     started, start_cycle, last_report = time.perf_counter(), clock.cycle, time.perf_counter()
     progress = p.get("progress")
     sent = 0
-    while len(done) < n or len(sink.frames) < sum(e for _, _, e in done):
+    while len(done) < n or len(sink.frames) < sum(d[2] + d[3] for d in done):
         # Keep a few hundred frames queued: the source's queue stays short.
         while sent < n and sent - len(done) < 256:
             source.send(data[sent, :length[sent]].tobytes(), port=int(port[sent]))
@@ -93,8 +96,10 @@ async def replay_frames(dut, p, seed):
     rules = await read_rule_counters(regs, p["rules"])
     ports = await read_port_counters(regs)
     drops = await read_drops(regs)
-    emits = np.array([e for _, _, e in done], np.int64)
-    out_frame = np.flatnonzero(emits)[:len(sink.frames)]
+    emits = np.array([d[2] for d in done], np.int64)
+    punt = np.array([d[3] for d in done], np.int64)
+    # Outputs leave in frame order; a punted frame's controller copy right after its output.
+    out_frame = np.repeat(np.arange(len(done)), emits + punt)[:len(sink.frames)]
     return {
         "out_data": np.frombuffer(b"".join(sink.frames), np.uint8),
         "out_length": np.array([len(f) for f in sink.frames], np.int64),
@@ -102,9 +107,11 @@ async def replay_frames(dut, p, seed):
         "out_frame": out_frame,
         "out_start": np.array([c[0] for c in sink.frame_cycles], np.int64),
         "in_start": np.array([c[0] for c in source.frame_cycles], np.int64),
-        "hit": np.array([h for h, _, _ in done], np.int64),
-        "rule": np.array([r for _, r, _ in done], np.int64),
+        "hit": np.array([d[0] for d in done], np.int64),
+        "rule": np.array([d[1] for d in done], np.int64),
         "emits": emits,
+        "punt": punt,
+        "reason": np.where(emits != 0, -1, np.array([d[4] for d in done], np.int64)),
         "rule_counters": np.array(rules, np.uint64).reshape(-1, 2),
         "port_counters": np.array([[ports[q][c] for c in rm.PORT_COUNTERS] for q in Port],
                                   np.uint64),

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import vtep_frames as vf
 from openvtep.config import load_config
-from openvtep.errors import RuleError
 from openvtep.frames import FrameBatch, merge_inputs, read_pcap
 from openvtep.headers import ENCAP_BYTES, Port
 from openvtep.reference import Reference, parse
@@ -26,9 +25,6 @@ from openvtep.tables import Geometry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GEOMETRY = Geometry(exact_entries=256, exact_profiles=4, wildcard_entries=16)
-PUNT_XFAIL = pytest.mark.xfail(strict=True, raises=RuleError, reason=(
-    "the editor cannot yet send the frame as it arrived to the controller beside its edited "
-    "output (needs a punt bit in EditCommand, issue #4)"))
 
 
 def assert_same(ref, rtl, seed):
@@ -104,38 +100,35 @@ def test_random_rules_and_traffic(seed):
     assert check_isolation(ruleset, batch, rtl, seed) > 0 or not ref.outputs[Port.HOST]
 
 
-def _example(drop_punt):
+def test_example(seed):
+    """The bundled example, with its edited output plus controller copy
+    (``output:net,controller``), in the default geometry."""
     config = load_config(EXAMPLES / "vtep.toml")
     ruleset = load_rules(EXAMPLES / "rules.txt")
-    if drop_punt:  # the one rule the editor cannot do yet, without its controller copy
-        text = (EXAMPLES / "rules.txt").read_text().replace("output:net,controller",
-                                                            "output:net")
-        ruleset = parse_rules(text, str(EXAMPLES / "rules.txt"))
+    assert any("output:net,controller" in rule.text for rule in ruleset)
     frames = merge_inputs([read_pcap(EXAMPLES / "host.pcap", Port.HOST),
                            read_pcap(EXAMPLES / "net.pcap", Port.NET)])
-    return config, ruleset, frames
+    rtl = rtl_engine(config, ruleset, frames, 8, seed=seed)
+    ref = Reference(config, ruleset).run(frames)
+    assert_same(ref, rtl, seed)
+    assert len(ref.outputs[Port.CONTROLLER]) > 0
 
 
-def test_example_without_controller_copy(seed):
-    config, ruleset, frames = _example(drop_punt=True)
-    rtl = rtl_engine(config, ruleset, frames, 8, geometry=GEOMETRY, seed=seed)
-    assert_same(Reference(config, ruleset).run(frames), rtl, seed)
-
-
-@PUNT_XFAIL
-def test_example():
-    config, ruleset, frames = _example(drop_punt=False)
-    rtl = rtl_engine(config, ruleset, frames, 8)
-    assert_same(Reference(config, ruleset).run(frames), rtl, None)
-
-
-@PUNT_XFAIL
 def test_controller_copy_beside_output(seed):
+    """Random rules with controller copies beside edited outputs (before and after them in
+    the action list), random gaps and backpressure."""
     ruleset, batch = random_case(seed, 100, 20, punt=True)
-    ruleset = parse_rules("priority=1,actions=output:host,controller\n" + "\n".join(
-        r.text for r in ruleset))
-    rtl = rtl_engine(vf.CONFIG, ruleset, batch, 8, geometry=GEOMETRY, seed=seed)
-    assert_same(Reference(vf.CONFIG, ruleset).run(batch), rtl, seed)
+    ruleset = parse_rules("priority=40000,in_port=host,actions=output:host,controller\n"
+                          "priority=1,actions=output:host,controller\n"
+                          + "\n".join(r.text for r in ruleset))
+    rtl = rtl_engine(vf.CONFIG, ruleset, batch, 8, geometry=GEOMETRY, idle=0.2,
+                     backpressure=0.3, seed=seed)
+    ref = Reference(vf.CONFIG, ruleset).run(batch)
+    assert_same(ref, rtl, seed)
+    copied = set(ref.outputs[Port.CONTROLLER].time_ns.tolist())
+    edited = set(ref.outputs[Port.HOST].time_ns.tolist()) | set(
+        ref.outputs[Port.NET].time_ns.tolist())
+    assert int(rtl.raw["punt"].sum()) == len(copied & edited) > 0, f"seed {seed}"
 
 
 def test_line_rate_with_classifier(seed):
