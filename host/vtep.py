@@ -296,7 +296,9 @@ class Session:
             self.board = serve(lambda: _vtep_top(width, config, geometry), simulator=simulator)
             url = self.board.url
         self.url = url
-        timeout = SIM_TIMEOUT if self.board is not None else 1.0
+        # A socket or pty is (nearly always) a virtual board: slow to answer a full batch.
+        virtual = self.board is not None or url.startswith(("socket://", "/dev/pts/"))
+        timeout = SIM_TIMEOUT if virtual else 1.0
         from .driver import Device
         try:
             self.device = Device(url, timeout=timeout, retries=3)
