@@ -32,7 +32,9 @@ __all__ = ["RtlResult", "rtl_engine", "unsupported_rules"]
 @dataclasses.dataclass
 class RtlResult:
     """``outputs`` ({Port: FrameBatch}) and ``stats`` as :class:`openvtep.reference.Result`;
-    per input frame ``rule`` (index in file order, -1 none) and ``emits``; ``cycles`` the
+    per input frame ``rule`` (index in file order, -1 none), ``emits`` and ``drop`` (the
+    :class:`DropReason` the pipeline counted it under, -1 when it was emitted: as
+    ``Result.drop``), all in input order; ``cycles`` the
     simulated cycles of the traffic, ``load_cycles`` of the table load; ``raw`` all that the
     simulation returned (see ``openvtep.sim.replay_tb``)."""
     outputs: dict
@@ -42,6 +44,7 @@ class RtlResult:
     cycles: int
     load_cycles: int
     raw: dict
+    drop: np.ndarray = None
 
 
 def unsupported_rules(image):
@@ -144,4 +147,5 @@ def _result(ruleset, image, frames, raw):
         "drops": {reason.label: int(raw["drops"][reason]) for reason in DropReason},
     }
     return RtlResult(outputs, stats, np.asarray(rule, np.int64), raw["emits"],
-                     int(raw["cycles"]), int(raw["load_cycles"]), raw)
+                     int(raw["cycles"]), int(raw["load_cycles"]), raw,
+                     drop=np.asarray(raw["reason"], np.int16))

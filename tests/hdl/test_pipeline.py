@@ -16,7 +16,7 @@ import pytest
 import vtep_frames as vf
 from openvtep.config import load_config
 from openvtep.frames import FrameBatch, merge_inputs, read_pcap
-from openvtep.headers import ENCAP_BYTES, Port
+from openvtep.headers import ENCAP_BYTES, DropReason, Port
 from openvtep.reference import Reference, parse
 from openvtep.rtl_engine import rtl_engine
 from openvtep.rules import load_rules, parse_rules
@@ -46,6 +46,11 @@ def assert_same(ref, rtl, seed):
     for want, got in zip(ref.stats["rules"], rtl.stats["rules"]):
         assert got == want, f"seed {seed}: rule counters {got} expected {want}"
     assert (rtl.rule == ref.rule).all(), f"seed {seed}: matched rules differ"
+    differ = np.flatnonzero(rtl.drop != ref.drop)
+    assert not len(differ), (
+        f"seed {seed}: drop reasons differ from frame {differ[0]}: "
+        f"{[DropReason(d).label if d >= 0 else '-' for d in rtl.drop[differ[:5]]]} expected "
+        f"{[DropReason(d).label if d >= 0 else '-' for d in ref.drop[differ[:5]]]}")
 
 
 def random_case(seed, frames, rules, geometry=GEOMETRY, punt=False):
