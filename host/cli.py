@@ -320,7 +320,7 @@ def build_parser():
 
 
 # Modules (in host/) whose add_parser(subparsers) adds an `openvtep bench` subcommand.
-BENCHES = ("bench_ref", "bench_rtl")
+BENCHES = ("bench_ref", "bench_rtl", "bench_rules")
 
 
 def main(argv=None):

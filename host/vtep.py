@@ -74,6 +74,8 @@ class Vtep:
         self.image = None
         self.stats = {"load_writes": 0, "verify_entries": 0}
         self._drops_base = {reason: 0 for reason in DropReason}
+        # Rule indices whose counters may be nonzero: unknown (all) until this session loads.
+        self._used_indices = self.geometry.rules
 
     # --- Helpers --------------------------------------------------------------------------
 
@@ -97,13 +99,19 @@ class Vtep:
         ``image``: the staging buffer zeroed, entries of the previous image that the new one
         does not overwrite cleared, then :func:`openvtep.regmap.table_writes`."""
         known_fresh = self.image is None and self._read(TOP_TABLES) != LOADED_MARK
+        if known_fresh:
+            self._used_indices = 0  # reset contents: every rule counter is zero
         if self.image is None and not known_fresh:
             # Another session loaded tables we do not know: rewrite every entry.
             writes = rm.table_writes(image, fresh=False, clear_counters=True)
         else:
-            writes = rm.table_writes(image, fresh=True, clear_counters=True)
+            writes = rm.table_writes(image, fresh=True)
             if self.image is not None:
-                writes = writes[:1] + self._stale_writes(self.image, image) + writes[1:]
+                # Counters of the rule indices earlier images used (the others still hold
+                # their reset zeros), with the staging buffer zeroed just before.
+                clear = [(rm.COMMAND, rm.command(rm.OP_WRITE, rm.TABLE_COUNTER, index))
+                         for index in range(min(self._used_indices, len(image.rules)))]
+                writes = writes[:1] + clear + self._stale_writes(self.image, image) + writes[1:]
         staging = [(PIPELINE_BASE + rm.STAGING + k, 0) for k in range(STAGING_USED)]
         return staging + [(PIPELINE_BASE + a, w) for a, w in writes]
 
@@ -154,6 +162,7 @@ class Vtep:
         self._say(f"loading {len(ruleset)} rules: {len(writes)} words")
         self.device.write_batch(writes)
         self.device.write(TOP_TABLES, LOADED_MARK)
+        self._used_indices = max(self._used_indices, len(image.rules))
         self.stats["load_writes"] += len(writes)
         self.image, self.ruleset = image, ruleset
         if verify:
