@@ -27,6 +27,12 @@ Builds are cached under ``build/sim/<name>-<hash of the Verilog>/`` (``OPENVTEP_
 overrides ``build/sim``) and made atomically, so pytest-xdist workers may build and run the same
 or different designs at once; each run gets its own directory below the build's ``runs/``.
 
+Finding the cached build still takes the design's RTLIL, and converting a large design to RTLIL
+takes tens of seconds (about 26 s for the pipeline). A caller that can name its design cheaply
+passes ``design_key`` (e.g. ``("Pipeline", width, config, geometry)``): the key, with a hash of
+the openvtep sources and the Amaranth version, then finds the build without converting
+(``build/sim/index/``).
+
 The seed is ``seed=``, else ``$OPENVTEP_SEED``, else random; it is printed, and named in the
 failure message, so ``OPENVTEP_SEED=<n> pytest ...`` reproduces a failure.
 """
@@ -86,8 +92,69 @@ def _to_verilog(component, name, rtlil_text):
         return verilog.convert(component, name=name)
 
 
-def _build(component, name, *, waves):
-    """Compile ``component`` once per distinct design; return the build directory."""
+def _source_digest():
+    """A hash of every ``.py`` file of the openvtep packages (what a design can be built from)
+    and of the Amaranth version: a few milliseconds."""
+    import importlib.metadata
+    import importlib.util
+    digest = hashlib.sha256(importlib.metadata.version("amaranth").encode())
+    for package in ("openvtep", "openvtep.hdl", "openvtep.sim", "openvtep.boards"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except ImportError:
+            spec = None
+        for location in sorted((spec and spec.submodule_search_locations) or ()):
+            for path in sorted(Path(location).glob("*.py")):
+                digest.update(f"\0{package}/{path.name}\0".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _index_path(name, design_key, waves):
+    """The index file naming the build of the design ``design_key``, or None without a key."""
+    if design_key is None:
+        return None
+    text = repr(design_key)
+    if re.search(r" at 0x[0-9a-f]+", text):
+        raise ValueError(f"design_key {text} names objects by address: it would never match")
+    key = hashlib.sha256("\0".join([text, name, repr(TIMESCALE), str(waves),
+                                     _source_digest()]).encode()).hexdigest()[:16]
+    return _build_root() / "index" / f"{name}-{key}"
+
+
+def _indexed_build(index):
+    """The build directory an index file names, if that build is complete."""
+    try:
+        final = index.parent.parent / index.read_text().strip()
+    except OSError:
+        return None
+    return final if (final / "sim.vvp").is_file() else None
+
+
+def _write_index(index, final):
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_name(f".{index.name}.{os.getpid()}")
+    tmp.write_text(final.name + "\n")
+    os.replace(tmp, index)
+
+
+def _build(component, name, *, waves, design_key=None):
+    """Compile ``component`` (or what the factory ``component`` returns, only made when
+    needed) once per distinct design; return the build directory."""
+    from amaranth.hdl import Elaboratable
+
+    index = _index_path(name, design_key, waves)
+    if index is not None and (final := _indexed_build(index)) is not None:
+        return final
+    if callable(component) and not isinstance(component, Elaboratable):
+        component = component()
+    final = _build_rtlil(component, name, waves=waves)
+    if index is not None:
+        _write_index(index, final)
+    return final
+
+
+def _build_rtlil(component, name, *, waves):
     from amaranth.back import rtlil
 
     # Cache key: the RTLIL (pure Python, fast), so a cached design skips Yosys too.
@@ -150,15 +217,17 @@ def _tail(path, lines=60):
 
 
 def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None,
-               extra_env=None, waves=False):
+               extra_env=None, waves=False, design_key=None):
     """Simulate ``component`` with the cocotb tests in ``module``; raise if any of them fails.
 
     Parameters
     ----------
-    component : amaranth.lib.wiring.Component
+    component : amaranth.lib.wiring.Component, or a function returning one
         The design under test, converted as ``amaranth.back.verilog.convert(component,
         name=name)`` would: its ports appear as ``i__valid``, ``i__payload``, ``o__ready``,
-        ..., plus ``clk`` and ``rst`` if it has a ``sync`` domain.
+        ..., plus ``clk`` and ``rst`` if it has a ``sync`` domain. A function is only called
+        when the design has to be converted (with ``design_key``, not for a cached build:
+        no component is made, so none is left unused).
     module : str or path-like
         The cocotb test module: a dotted module name importable from ``sys.path``, or the path
         of a ``.py`` file (its folder is put on the simulator's ``PYTHONPATH``).
@@ -175,6 +244,13 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
         Extra environment variables for the simulator process.
     waves : bool
         Dump an FST waveform into the run directory (also ``WAVES=1`` in the environment).
+    design_key : optional
+        A cheap name for the design (its ``repr`` is hashed): everything ``component``'s
+        Verilog depends on besides the openvtep sources and the Amaranth version, e.g.
+        ``("Pipeline", width, config, geometry)``. With it a cached build is found without
+        converting ``component`` (tens of seconds for large designs); without it the RTLIL is
+        the key. A design built from code outside the openvtep packages (a test's own
+        component) must not pass one, or must put that code's hash in it.
 
     Returns the run directory (holding ``results.xml``, ``sim.log`` and any waveform).
     Raises :class:`CocotbFailure` (an ``AssertionError``) if a cocotb test fails, errors, or the
@@ -187,7 +263,7 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
     waves = waves or os.environ.get("WAVES", "0") not in ("", "0")
     print(f"cocotb: {name}: seed {seed} (reproduce with {_SEED_ENV}={seed})")
 
-    build_dir = _build(component, name, waves=waves)
+    build_dir = _build(component, name, waves=waves, design_key=design_key)
 
     module_name, module_dir = _module_spec(module)
     # One run directory per pytest test (reused from session to session), else per process.

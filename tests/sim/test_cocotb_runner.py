@@ -1,0 +1,31 @@
+"""Tests of ``openvtep.sim.cocotb_runner``'s build cache: with a ``design_key``, a cached build
+is found without making or converting the design; without one, the RTLIL is the key."""
+
+import pytest
+from openvtep.hdl.stream import RegisterSlice
+from openvtep.sim.cocotb_runner import _build
+
+
+def test_design_key_skips_conversion(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENVTEP_SIM_BUILD", str(tmp_path))
+    made = []
+
+    def factory():
+        made.append(1)
+        return RegisterSlice(4)
+
+    first = _build(factory, "slice_key", waves=False, design_key=("RegisterSlice", 4))
+    assert (first / "sim.vvp").is_file() and len(made) == 1
+    assert _build(factory, "slice_key", waves=False, design_key=("RegisterSlice", 4)) == first
+    assert len(made) == 1, "a cached build with a known key made the design again"
+    # Another key for the same design: converted once more, the same build (RTLIL key).
+    assert _build(factory, "slice_key", waves=False, design_key=("RegisterSlice", 4, 1)) == first
+    assert len(made) == 2
+    # No key: the component itself, converted every time (the behaviour before keys).
+    assert _build(RegisterSlice(4), "slice_key", waves=False) == first
+
+
+def test_design_key_by_address_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENVTEP_SIM_BUILD", str(tmp_path))
+    with pytest.raises(ValueError, match="by address"):
+        _build(lambda: RegisterSlice(4), "slice_key", waves=False, design_key=(object(),))
