@@ -7,6 +7,7 @@ exit non-zero, never with a traceback.
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from . import __version__
@@ -69,6 +70,11 @@ def _cmd_serve(args):
     config = load_config(args.config)
     listen = "pty" if args.pty else args.listen
     board = serve(lambda: VtepTop(args.width, config), listen, simulator=args.simulator)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # stop the board (and its simulator process) on SIGTERM too
+
+    signal.signal(signal.SIGTERM, terminate)
     print(f"openvtep: serving VtepTop (W={args.width}, {args.config}) on {board.url}; "
           f"Ctrl-C stops it", flush=True)
     try:

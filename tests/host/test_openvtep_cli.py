@@ -141,7 +141,7 @@ def test_replay_quiet_one_input_and_empty_rules(tmp_path):
 # --- run ----------------------------------------------------------------------------------------
 
 def test_run_bundled_example(tmp_path):
-    proc = openvtep("run", "--out", tmp_path / "run", cwd=tmp_path)
+    proc = openvtep("run", "--engine", "ref", "--out", tmp_path / "run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
