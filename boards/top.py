@@ -3,7 +3,7 @@
 Until the control bridge drives the pipeline from the UART, the design's streams are fed and
 drained by real logic the tools cannot optimize away:
 
-- :class:`PacketSource` makes well-formed frames (random lengths 60..1083 bytes, random
+- :class:`PacketSource` makes well-formed frames (random lengths of about 60..1100 bytes, random
   payload, random idle beats, and every other per-frame field, such as the datapath's port and
   edit command, from a register refreshed by an LFSR at each frame start), and folds an input
   pin (a button or the UART receive line) into its LFSR;
@@ -81,16 +81,18 @@ class PacketSource(wiring.Component):
         extra_bits = sum(field.width for _, field in extra_fields)
         extra = Signal(max(extra_bits, 1))
 
-        left = Signal(16)        # bytes of the current frame not yet sent (after this beat)
+        # Frames of about 60 bytes and more, the last beat holding 1..width bytes.
+        # Counting beats, not bytes, keeps the harness off the design's critical paths: a beat
+        # is the last when ``rest == 1``, its ``keep`` was chosen when the frame began.
+        shift = (width - 1).bit_length()
+        extra_beats = max(1, 10 - shift)           # up to ~1 kB
+        min_beats = -(-60 // width)
+        rest = Signal(extra_beats + 2)             # beats of this frame still to make
         in_frame = Signal()
-        left_now = Signal(16)    # bytes of the frame from the beat being made on
-        m.d.comb += left_now.eq(Mux(in_frame, left, 60 + rnd[:10]))
+        tail_keep = Signal(width)
+        tail_bytes = 1 + rnd[48:48 + shift] if shift else Const(1, 1)
         last = Signal()
-        nbytes = Signal(range(width + 1))
-        m.d.comb += [
-            last.eq(left_now <= width),
-            nbytes.eq(Mux(last, left_now, width)),
-        ]
+        m.d.comb += last.eq(in_frame & (rest == 1))
 
         o = self.o
         with m.If(~o.valid | o.ready):
@@ -99,14 +101,18 @@ class PacketSource(wiring.Component):
             with m.If(rnd[40:43] != 0):
                 m.d.sync += [
                     o.p.data.eq(rnd[:8 * width]),
-                    o.p.keep.eq(Cat(*(nbytes > k for k in range(width)))),
+                    o.p.keep.eq(Mux(last, tail_keep, (1 << width) - 1)),
                     o.p.last.eq(last),
-                    left.eq(left_now - nbytes),
+                    rest.eq(rest - 1),
                     in_frame.eq(~last),
                 ]
                 with m.If(~in_frame):
-                    # A new frame: refresh 32 bits of the per-frame fields, keep the others.
-                    m.d.sync += extra.eq(Cat(rnd[8:40], extra)[:len(extra)])
+                    # A new frame: its length, and 32 fresh bits of its per-frame fields.
+                    m.d.sync += [
+                        rest.eq(min_beats - 1 + rnd[52:52 + extra_beats]),
+                        tail_keep.eq(Cat(*(tail_bytes > k for k in range(width)))),
+                        extra.eq(Cat(rnd[8:40], extra)[:len(extra)]),
+                    ]
         offset = 0
         for name, field in extra_fields:
             m.d.comb += o.p[name].eq(extra[offset:offset + field.width])
