@@ -51,17 +51,23 @@ def build_all(boards=DEFAULT_BOARDS, *, jobs=2, summary=SUMMARY, root=None, echo
         for future in concurrent.futures.as_completed(futures):
             name, report, error = future.result()
             results[name] = (report, error)
-    rows, notes, failed = [], [], 0
+    rows, notes, designs, failed = [], [], {}, 0
     for name in boards:
         report, error = results[name]
         if report is not None:
             rows.append(table_row(report))
-            notes.append(f"- {name}: {report['design']}")
+            designs.setdefault(report["design"], []).append(name)
         else:
             rows.append((name, "-", "-", "-", "-", "-", "-", "-", "error", "-"))
         if error:
             failed += 1
             notes.append(f"- {name}: FAILED: {error}")
+        path = report and report.get("critical_path")
+        if path:
+            notes.append(f"- {name}: critical path {path['from']} -> {path['to']}, "
+                         f"{path['logic_levels']} logic levels, {path['delay_ns']} ns")
+    notes += ["", "Designs built:", ""]
+    notes += [f"- {', '.join(names)}: {design}" for design, names in designs.items()]
     text = "\n".join([
         "# openvtep board builds",
         "",
