@@ -16,6 +16,10 @@ from .designs import available_designs
 
 __all__ = ["add_build_parser", "add_flash_parser", "main"]
 
+# Appended to a help that says its default itself (or a flag): ArgumentDefaultsHelpFormatter
+# adds "(default: ...)" only to helps without a "%(default)" in them; this one prints nothing.
+_OWN = "%(default).0s"
+
 
 def _board_list():
     return "; ".join(f"{name}: {board.description}, W in {{{', '.join(map(str, board.widths))}}},"
@@ -61,28 +65,29 @@ def add_build_parser(subparsers, formatter=argparse.ArgumentDefaultsHelpFormatte
                     "designs are not rebuilt. Boards: " + _board_list() + ".",
         epilog="examples: openvtep build icebreaker; openvtep build ulx3s --width 8 --seed 3; "
                "openvtep build --all")
-    p.add_argument("board", nargs="?", metavar="BOARD", help=f"one of: {', '.join(BOARDS)}")
+    p.add_argument("board", nargs="?", metavar="BOARD",
+                   help=f"one of: {', '.join(BOARDS)}{_OWN}")
     p.add_argument("--all", action="store_true",
                    help=f"build {', '.join(DEFAULT_BOARDS)} at their default widths, in "
-                        "parallel, and write build/boards-summary.md")
+                        "parallel, and write build/boards-summary.md" + _OWN)
     p.add_argument("--width", type=int, metavar="W",
-                   help="bytes per beat (default: the board's, see above)")
+                   help="bytes per beat (default: the board's, see above)" + _OWN)
     p.add_argument("--seed", type=int, default=1, metavar="N", help="nextpnr placement seed")
     p.add_argument("--exact", type=int, metavar="N",
-                   help="exact-match table entries (designs with a classifier)")
+                   help="exact-match table entries (designs with a classifier)" + _OWN)
     p.add_argument("--wildcard", type=int, metavar="N",
-                   help="wildcard table entries (designs with a classifier)")
+                   help="wildcard table entries (designs with a classifier)" + _OWN)
     p.add_argument("--toolchain", choices=TOOLCHAINS, default="yowasp",
                    help="yowasp: the PyPI wheels; system: yosys/nextpnr/icepack/ecppack on PATH")
     p.add_argument("--design", choices=available_designs(), default="auto",
                    help="what to build: auto takes the largest that exists")
     p.add_argument("--clock", type=float, metavar="MHZ",
-                   help="target clock (default: the board's for the width)")
+                   help="target clock (default: the board's for the width)" + _OWN)
     p.add_argument("--timing-allow-fail", action="store_true",
-                   help="keep the bitstream when fmax misses the target (still exit 1)")
-    p.add_argument("--report", metavar="PATH", help="report file (default: OUT/report.json)")
-    p.add_argument("--out", metavar="DIR", help="build folder (default: build/<board>-w<W>)")
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+                   help="keep the bitstream when fmax misses the target (still exit 1)" + _OWN)
+    p.add_argument("--report", metavar="PATH", help="report file (default: OUT/report.json)" + _OWN)
+    p.add_argument("--out", metavar="DIR", help="build folder (default: build/<board>-w<W>)" + _OWN)
+    p.add_argument("--force", action="store_true", help="rebuild even if cached" + _OWN)
     p.add_argument("--jobs", type=int, default=2, help="parallel builds with --all")
     p.set_defaults(func=_cmd_build)
     return p
@@ -103,10 +108,10 @@ def add_flash_parser(subparsers, formatter=argparse.ArgumentDefaultsHelpFormatte
                "--bitstream build/ulx3s-w8/top.bit")
     p.add_argument("board", metavar="BOARD", help=f"one of: {', '.join(BOARDS)}")
     p.add_argument("--bitstream", metavar="PATH",
-                   help="bitstream to load (default: build/<board>-w<W>/top.bin or top.bit)")
+                   help="bitstream to load (default: build/<board>-w<W>/top.bin or top.bit)" + _OWN)
     p.add_argument("--width", type=int, metavar="W",
-                   help="which build's bitstream (default: the board's default width)")
-    p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+                   help="which build's bitstream (default: the board's default width)" + _OWN)
+    p.add_argument("--dry-run", action="store_true", help="print the command, run nothing" + _OWN)
     p.set_defaults(func=_cmd_flash)
     return p
 
