@@ -18,8 +18,18 @@ from .rules import load_rules
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" after an option's help, unless the default is None (the help
+    then says what happens without the option)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _defaults_formatter(prog):
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+    return _DefaultsFormatter(prog, max_help_position=32)
 
 
 def _cmd_rules_check(args):
@@ -306,11 +316,15 @@ def build_parser():
                     "--engine ref|rtl replays through the reference model or the bare "
                     "pipeline simulation instead (no comparison).",
         epilog="example: openvtep run   (or: openvtep run --port socket://127.0.0.1:5555)")
-    run.add_argument("--config", default=os.path.join(EXAMPLES, "vtep.toml"))
-    run.add_argument("--rules", default=os.path.join(EXAMPLES, "rules.txt"))
-    run.add_argument("--host-pcap", default=os.path.join(EXAMPLES, "host.pcap"))
-    run.add_argument("--net-pcap", default=os.path.join(EXAMPLES, "net.pcap"))
-    run.add_argument("--out", default="out/run", metavar="DIR")
+    run.add_argument("--config", default=os.path.join(EXAMPLES, "vtep.toml"),
+                     help="vtep.toml (the virtual board's gateware is built with it)")
+    run.add_argument("--rules", default=os.path.join(EXAMPLES, "rules.txt"), help="rules file")
+    run.add_argument("--host-pcap", default=os.path.join(EXAMPLES, "host.pcap"),
+                     help="traffic arriving on host")
+    run.add_argument("--net-pcap", default=os.path.join(EXAMPLES, "net.pcap"),
+                     help="traffic arriving on net")
+    run.add_argument("--out", default="out/run", metavar="DIR",
+                     help="where the captured pcaps and stats.json go")
     run.add_argument("--engine", default="board", choices=("board", "ref", "rtl"),
                      help="board: the device (virtual board unless --port); ref/rtl: replay")
     run.add_argument("--port", metavar="URL", default=None,
