@@ -91,6 +91,8 @@ def _cmd_serve(args):
         board.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        board.stop()
     return 0
 
 
