@@ -88,11 +88,9 @@ def _cmd_serve(args):
     print(f"openvtep: serving VtepTop (W={args.width}, {args.config}) on {board.url}; "
           f"Ctrl-C stops it", flush=True)
     try:
-        board.run()
+        board.run()  # stops the board (and its simulator process) however it ends
     except KeyboardInterrupt:
         pass
-    finally:
-        board.stop()
     return 0
 
 
