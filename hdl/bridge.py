@@ -22,6 +22,8 @@ from .stream import packet_layout
 __all__ = ["CobsDecoder", "CobsEncoder", "ControlBridge", "frame_layout"]
 
 CRC = catalog.CRC32_ISO_HDLC(data_width=8)  # = protocol.crc32 (zlib)
+# WRITE_PACKED item header: offset [4:0], base [5], data bytes - 1 [7:6].
+assert (p.PACKED_BASES, p.PACKED_WINDOW) == (2, 32)
 assert CRC.compute(b"openvtep") == p.crc32(b"openvtep")
 
 TOKEN = data.StructLayout({"data": 8, "end": 1, "error": 1})
@@ -213,7 +215,9 @@ class ControlBridge(wiring.Component):
     are answered with the matching :class:`~openvtep.protocol.Status` and an error body
     (expected ``seq``, ``info``); the bridge never hangs on a bad request. A write batch
     stops at the first bus error (the writes before it are done; ``info`` is the failing
-    address). A ``READ_BLOCK``/``COUNTERS`` reply is cut short before a failing word: fewer
+    address). A ``WRITE_PACKED`` is scanned first (a cycle an item): an item running past the
+    body (``BAD_LENGTH``) or past the address space (``BAD_ARGUMENT``, ``info`` the address)
+    fails it before anything is written. A ``READ_BLOCK``/``COUNTERS`` reply is cut short before a failing word: fewer
     words than asked means the next one failed.
 
     Capture: one frame at a time is taken from ``i_capture`` into a ``max_frame``-byte buffer
@@ -355,6 +359,8 @@ class ControlBridge(wiring.Component):
         word = Signal(32)      # fetched bytes, read data
         addr = Signal(p.ADDR_BITS)
         wdata = Signal(32)
+        bases = [Signal(p.ADDR_BITS, name=f"packed_base{k}") for k in range(p.PACKED_BASES)]
+        item_last = Signal(2)  # WRITE_PACKED: index of the item's last data byte
         count = Signal(17)     # words left in a block read
         port = Signal(8)
         r_flags = Signal(8)
@@ -580,6 +586,8 @@ class ControlBridge(wiring.Component):
                     with m.Elif(cmd == C.WRITE_BLOCK):
                         m.d.sync += addr.eq(addr + 1)
                         m.next = "GetData"
+                    with m.Elif(cmd == C.WRITE_PACKED):
+                        m.next = "PackedItem"
                     with m.Else():
                         m.next = "GetAddr"
                 with m.Elif(self.bus.r_valid | bus_timed_out):
@@ -591,6 +599,46 @@ class ControlBridge(wiring.Component):
                     m.next = "ReplyCrc"  # cut the block reply short
                 with m.Else():
                     error(Mux(timed_out, S.BUS_TIMEOUT, S.BUS_ERROR), addr)
+
+            # --- WRITE_PACKED: bases, a scan of the items (lengths, addresses), then each
+            # item's write. Nothing is written unless every item is well-formed.
+            items_at = p.REQUEST_HEADER_BYTES + p.PACKED_HEADER_BYTES
+            def goto(state):
+                def then(_):
+                    m.next = state
+                return then
+            fetch("PackedBase0", bases[0], p.ADDR_BYTES, goto("PackedBase1"))
+            fetch("PackedBase1", bases[1], p.ADDR_BYTES, goto("PackedScan"))
+
+            def item_addr(header):
+                return Mux(header[5], bases[1], bases[0]) + header[:5]
+
+            with m.State("PackedScan"):
+                item_end = Signal(len(rpos) + 1)
+                target = Signal(p.ADDR_BITS + 1)
+                m.d.comb += [item_end.eq(rpos + 2 + byte[6:8]), target.eq(item_addr(byte))]
+                with m.If(target[p.ADDR_BITS]):
+                    error(S.BAD_ARGUMENT, target)
+                with m.Elif(item_end > body_end):
+                    error(S.BAD_LENGTH, body_len)
+                with m.Elif(item_end == body_end):
+                    m.d.comb += req_rd.addr.eq(items_at)
+                    m.d.sync += rpos.eq(items_at)
+                    m.next = "PackedItem"
+                with m.Else():
+                    m.d.comb += req_rd.addr.eq(item_end)
+                    m.d.sync += rpos.eq(item_end)
+            with m.State("PackedItem"):
+                consume()
+                m.d.sync += [addr.eq(item_addr(byte)), item_last.eq(byte[6:8]), wdata.eq(0),
+                             fetch_k.eq(0)]
+                m.next = "PackedData"
+            with m.State("PackedData"):
+                consume()
+                m.d.sync += [wdata.word_select(fetch_k, 8).eq(byte), fetch_k.eq(fetch_k + 1)]
+                with m.If(fetch_k == item_last):
+                    m.d.sync += [fetch_k.eq(0), block_op.eq(0)]
+                    bus_request(write=1)
 
             with m.State("BlockWord"):
                 m.d.comb += [tx.valid.eq(1), tx.payload.data.eq(word.word_select(fetch_k, 8))]
@@ -738,6 +786,7 @@ class ControlBridge(wiring.Component):
             C.WRITE: "GetAddr",
             C.WRITE_BATCH: "GetAddr",
             C.WRITE_BLOCK: "GetAddr",
+            C.WRITE_PACKED: "PackedBase0",
             C.READ_BLOCK: "GetAddr",
             C.COUNTERS: "GetAddr",
             C.INJECT: "GetPort",

@@ -30,6 +30,7 @@ __all__ = [
     "DeviceResetError",
     "DeviceTimeout",
     "SerialTransport",
+    "batch_messages",
 ]
 
 DEFAULT_BAUD = 3_000_000
@@ -230,14 +231,12 @@ class Device:
 
     def write_batch(self, pairs):
         """Write many ``(addr, value)`` words, in order: as few messages as fit
-        ``max_request``, pipelined. Returns the number of words written."""
+        ``max_request``, pipelined. Runs of writes within two :data:`protocol.PACKED_WINDOW`
+        windows go as ``WRITE_PACKED`` (2..5 bytes a word), the rest as ``WRITE_BATCH`` (7
+        bytes). Returns the number of words written."""
         pairs = list(pairs)
-        per = (self.info["max_request"] - p.REQUEST_OVERHEAD) // p.BATCH_ENTRY_BYTES
-        messages = []
-        for start in range(0, len(pairs), per):
-            body = b"".join(_addr(a) + _word(v) for a, v in pairs[start:start + per])
-            messages.append((p.Command.WRITE_BATCH, body))
-        self._ordered(f"write_batch of {len(pairs)} words", messages)
+        self._ordered(f"write_batch of {len(pairs)} words",
+                      batch_messages(pairs, self.info["max_request"]))
         return len(pairs)
 
     def write_block(self, addr, values):
@@ -453,6 +452,44 @@ class Device:
                                    f"sequence number {reply.expected_seq}): its state is lost")
         raise DeviceProtocolError(self.url, what, f"device expects sequence number "
                                   f"{reply.expected_seq}, not {reply.seq}")
+
+
+def batch_messages(pairs, max_request):
+    """The ``(command, body)`` messages that write ``pairs`` in order (see
+    :meth:`Device.write_batch`), each at most ``max_request`` bytes before framing."""
+    max_body = max_request - p.REQUEST_OVERHEAD
+    per = max_body // p.BATCH_ENTRY_BYTES
+    messages, batch = [], []
+
+    def flush_batch():
+        for start in range(0, len(batch), per):
+            body = b"".join(_addr(a) + _word(v) for a, v in batch[start:start + per])
+            messages.append((p.Command.WRITE_BATCH, body))
+        batch.clear()
+
+    start, n = 0, len(pairs)
+    while start < n:
+        # The longest run from ``start`` one WRITE_PACKED message holds.
+        bases, size, end = set(), p.PACKED_HEADER_BYTES, start
+        while end < n:
+            addr, value = pairs[end]
+            base = p.packed_window(addr)
+            item = p.packed_item_bytes(value)
+            if (base not in bases and len(bases) == p.PACKED_BASES) or size + item > max_body:
+                break
+            bases.add(base)
+            size += item
+            end += 1
+        run = pairs[start:end]
+        # Worth a message of its own only if it beats the same words in a batch message.
+        if size + p.REQUEST_OVERHEAD + 2 < p.BATCH_ENTRY_BYTES * len(run):
+            flush_batch()
+            messages.append((p.Command.WRITE_PACKED, p.encode_packed(run)))
+        else:
+            batch += run
+        start = end
+    flush_batch()
+    return messages
 
 
 def _addr(addr):

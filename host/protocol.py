@@ -70,6 +70,9 @@ __all__ = [
     "INJECT_REQUEST",
     "MAGIC",
     "ORDERED",
+    "PACKED_BASES",
+    "PACKED_HEADER_BYTES",
+    "PACKED_WINDOW",
     "REPLY_HEADER",
     "REPLY_HEADER_BYTES",
     "REQUEST_HEADER",
@@ -89,16 +92,20 @@ __all__ = [
     "cobs_decode",
     "cobs_encode",
     "crc32",
+    "decode_packed",
     "decode_reply",
     "decode_request",
+    "encode_packed",
     "encode_reply",
     "encode_request",
     "pack_fields",
+    "packed_item_bytes",
+    "packed_window",
     "table_bytes",
     "unpack_fields",
 ]
 
-VERSION = 1
+VERSION = 2                 # 2: WRITE_PACKED
 MAGIC = int.from_bytes(b"OVTP", "little")  # first IDENTIFY word
 DELIMITER = 0x00
 CRC_BYTES = 4
@@ -119,11 +126,13 @@ class Command(enum.IntEnum):
     WRITE_BLOCK = 0x13  # addr:u24 {data:u32}+ : words to addr, addr+1, ... -> (empty) ordered
     READ_BLOCK = 0x14   # addr:u24 count:u16 -> {data:u32}*count
     COUNTERS = 0x15     # addr:u24 count:u16 -> {value:u64}*count (2*count words from addr)
+    WRITE_PACKED = 0x16  # base0:u24 base1:u24 {item}+ (see encode_packed) -> (empty)  ordered
     INJECT = 0x20       # port:u8 frame... -> (empty)                                ordered
     CAPTURE = 0x21      # CAPTURE_REQUEST -> CAPTURE_REPLY frame...
 
 
-ORDERED = frozenset({Command.WRITE, Command.WRITE_BATCH, Command.WRITE_BLOCK, Command.INJECT})
+ORDERED = frozenset({Command.WRITE, Command.WRITE_BATCH, Command.WRITE_BLOCK, Command.WRITE_PACKED,
+                     Command.INJECT})
 
 
 class Status(enum.IntEnum):
@@ -173,6 +182,15 @@ REPLY_HEADER_BYTES = 5
 REQUEST_OVERHEAD = REQUEST_HEADER_BYTES + CRC_BYTES  # bytes of a message around its body
 BATCH_ENTRY_BYTES = ADDR_BYTES + WORD_BYTES
 
+# WRITE_PACKED: a body of PACKED_BASES base addresses (u24 each), then items of one byte
+#     [4:0] offset, [5] base (which of the two), [7:6] data bytes - 1
+# and then that many data bytes (little-endian, the word's high bytes zero). Each item writes
+# base[b] + offset, in order. A word costs 2..5 bytes instead of WRITE_BATCH's 7: what a rule
+# load (COMMAND near 0, the staging words at 0x40) needs.
+PACKED_BASES = 2
+PACKED_WINDOW = 32  # words an item reaches from its base (offset bits: 5)
+PACKED_HEADER_BYTES = PACKED_BASES * ADDR_BYTES
+
 # Body length of each request: an int (exact), or ``(minimum, step, offset)`` for variable
 # bodies: at least ``minimum`` bytes, and ``length - offset`` a multiple of ``step``.
 BODY_BYTES = {
@@ -184,6 +202,7 @@ BODY_BYTES = {
     Command.WRITE_BATCH: (BATCH_ENTRY_BYTES, BATCH_ENTRY_BYTES, 0),
     Command.WRITE_BLOCK: (ADDR_BYTES + WORD_BYTES, WORD_BYTES, ADDR_BYTES),
     Command.READ_BLOCK: ADDR_BYTES + 2,
+    Command.WRITE_PACKED: (PACKED_HEADER_BYTES + 2, 1, 0),  # items checked by the bridge
     Command.COUNTERS: ADDR_BYTES + 2,
     Command.INJECT: (2, 1, 0),
     Command.CAPTURE: 3,
@@ -192,6 +211,62 @@ BODY_BYTES = {
 
 class ProtocolError(ValueError):
     """A message that does not decode (bad COBS, short, bad CRC)."""
+
+
+def packed_window(addr):
+    """The base (a multiple of :data:`PACKED_WINDOW`) :func:`encode_packed` gives ``addr``."""
+    return addr - addr % PACKED_WINDOW
+
+
+def packed_item_bytes(value):
+    """Bytes of a WRITE_PACKED item writing ``value``: header and 1..4 data bytes."""
+    return 1 + max(1, ((value & 0xFFFFFFFF).bit_length() + 7) // 8)
+
+
+def encode_packed(pairs):
+    """The WRITE_PACKED body writing ``pairs`` (``(addr, value)``, in order), whose addresses
+    must lie in at most :data:`PACKED_BASES` windows (:func:`packed_window`)."""
+    bases = []
+    items = bytearray()
+    for addr, value in pairs:
+        base = packed_window(addr)
+        if base not in bases:
+            if len(bases) == PACKED_BASES:
+                raise ValueError(f"address {addr:#x}: more than {PACKED_BASES} windows")
+            bases.append(base)
+        value &= 0xFFFFFFFF
+        size = packed_item_bytes(value) - 1
+        items.append((size - 1) << 6 | bases.index(base) << 5 | addr - base)
+        items += value.to_bytes(size, "little")
+    if not items:
+        raise ValueError("WRITE_PACKED needs at least one write")
+    bases += bases[:1] * (PACKED_BASES - len(bases))
+    for base in bases:
+        if not 0 <= base < 1 << ADDR_BITS:
+            raise ValueError(f"address {base:#x} does not fit {ADDR_BITS} bits")
+    return b"".join(base.to_bytes(ADDR_BYTES, "little") for base in bases) + bytes(items)
+
+
+def decode_packed(body):
+    """The ``[(addr, value)]`` of a WRITE_PACKED body (what the bridge executes); raises
+    :class:`ProtocolError` as the bridge answers BAD_LENGTH or BAD_ARGUMENT."""
+    body = bytes(body)
+    if len(body) < PACKED_HEADER_BYTES + 2:
+        raise ProtocolError(f"WRITE_PACKED body of {len(body)} bytes")
+    bases = [int.from_bytes(body[ADDR_BYTES * k:ADDR_BYTES * (k + 1)], "little")
+             for k in range(PACKED_BASES)]
+    pos, pairs = PACKED_HEADER_BYTES, []
+    while pos < len(body):
+        header = body[pos]
+        size = (header >> 6) + 1
+        addr = bases[header >> 5 & 1] + (header & 0x1F)
+        if addr >> ADDR_BITS:
+            raise ProtocolError(f"WRITE_PACKED address {addr:#x} past {ADDR_BITS} bits")
+        if pos + 1 + size > len(body):
+            raise ProtocolError("WRITE_PACKED item runs past the end of the body")
+        pairs.append((addr, int.from_bytes(body[pos + 1:pos + 1 + size], "little")))
+        pos += 1 + size
+    return pairs
 
 
 def table_bytes(table):
