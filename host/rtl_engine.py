@@ -109,7 +109,7 @@ def rtl_engine(config, ruleset, frames, width=8, *, geometry=None, idle=0.0, bac
             # The key names the design: a cached build is found without making it.
             run_cocotb(lambda: Pipeline(width, config, geometry), "openvtep.sim.replay_tb",
                        name=f"pipeline_w{width}", testcase="replay", params=params, seed=seed,
-                       design_key=("Pipeline", width, config, geometry))
+                       design_key=(Pipeline, width, config, geometry))
         finally:
             stop.set()
         with np.load(results) as f:

@@ -29,9 +29,9 @@ or different designs at once; each run gets its own directory below the build's 
 
 Finding the cached build still takes the design's RTLIL, and converting a large design to RTLIL
 takes tens of seconds (about 26 s for the pipeline). A caller that can name its design cheaply
-passes ``design_key`` (e.g. ``("Pipeline", width, config, geometry)``): the key, with a hash of
-the openvtep sources and the Amaranth version, then finds the build without converting
-(``build/sim/index/``).
+passes ``design_key`` (e.g. ``(Pipeline, width, config, geometry)``): the key, with a hash of
+the openvtep sources the design's class imports and the Amaranth version, then finds the build
+without converting (``build/sim/index/``).
 
 The seed is ``seed=``, else ``$OPENVTEP_SEED``, else random; it is printed, and named in the
 failure message, so ``OPENVTEP_SEED=<n> pytest ...`` reproduces a failure.
@@ -92,21 +92,74 @@ def _to_verilog(component, name, rtlil_text):
         return verilog.convert(component, name=name)
 
 
-def _source_digest():
-    """A hash of every ``.py`` file of the openvtep packages (what a design can be built from)
-    and of the Amaranth version: a few milliseconds."""
-    import importlib.metadata
+def _module_file(name):
     import importlib.util
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _openvtep_imports(name, path):
+    """The openvtep modules (and packages) the source of module ``name`` imports, anywhere in
+    it (function-level imports too)."""
+    import ast
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            bases, names = [alias.name for alias in node.names], []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")
+                parent = parent[:len(parent) - (node.level - 1)]
+                base = ".".join(parent + ([base] if base else []))
+            bases, names = [base], [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for module in bases + names:
+            parts = module.split(".")
+            if parts[0] == "openvtep":  # the module and the packages it is imported through
+                out.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return out
+
+
+def _source_files(roots):
+    """The source files of the openvtep modules ``roots`` import, transitively."""
+    seen, files, todo = set(), {}, list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is None or path.suffix != ".py":
+            continue
+        files[name] = path
+        todo.extend(_openvtep_imports(name, path))
+    return files
+
+
+def _source_digest(roots=None):
+    """A hash of the Amaranth version and of the openvtep sources a design can be built from:
+    those the modules ``roots`` import (transitively), or with no ``roots`` every ``.py`` file
+    of the openvtep packages. A few milliseconds."""
+    import importlib.metadata
     digest = hashlib.sha256(importlib.metadata.version("amaranth").encode())
-    for package in ("openvtep", "openvtep.hdl", "openvtep.sim", "openvtep.boards"):
-        try:
-            spec = importlib.util.find_spec(package)
-        except ImportError:
-            spec = None
-        for location in sorted((spec and spec.submodule_search_locations) or ()):
-            for path in sorted(Path(location).glob("*.py")):
-                digest.update(f"\0{package}/{path.name}\0".encode())
-                digest.update(path.read_bytes())
+    if roots:
+        files = sorted(_source_files(roots).items())
+    else:
+        files = []
+        for package in ("openvtep", "openvtep.hdl", "openvtep.sim", "openvtep.boards"):
+            init = _module_file(package)
+            if init is not None:
+                files += [(f"{package}/{path.name}", path)
+                          for path in sorted(init.parent.glob("*.py"))]
+    for name, path in files:
+        digest.update(f"\0{name}\0".encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -117,8 +170,11 @@ def _index_path(name, design_key, waves):
     text = repr(design_key)
     if re.search(r" at 0x[0-9a-f]+", text):
         raise ValueError(f"design_key {text} names objects by address: it would never match")
+    # A class in the key (the design's) narrows the sources hashed to what its module imports.
+    items = design_key if isinstance(design_key, (tuple, list)) else (design_key,)
+    roots = [item.__module__ for item in items if isinstance(item, type)]
     key = hashlib.sha256("\0".join([text, name, repr(TIMESCALE), str(waves),
-                                     _source_digest()]).encode()).hexdigest()[:16]
+                                     _source_digest(roots)]).encode()).hexdigest()[:16]
     return _build_root() / "index" / f"{name}-{key}"
 
 
@@ -247,10 +303,12 @@ def run_cocotb(component, module, *, name, params=None, seed=None, testcase=None
     design_key : optional
         A cheap name for the design (its ``repr`` is hashed): everything ``component``'s
         Verilog depends on besides the openvtep sources and the Amaranth version, e.g.
-        ``("Pipeline", width, config, geometry)``. With it a cached build is found without
-        converting ``component`` (tens of seconds for large designs); without it the RTLIL is
-        the key. A design built from code outside the openvtep packages (a test's own
-        component) must not pass one, or must put that code's hash in it.
+        ``(Pipeline, width, config, geometry)``. A class in it limits the sources hashed to
+        those its module imports (transitively; else all of openvtep's). With it a cached
+        build is found without converting ``component`` (tens of seconds for large designs);
+        without it the RTLIL is the key. A design built from code outside the openvtep
+        packages (a test's own component) must not pass one, or must put that code's hash in
+        it.
 
     Returns the run directory (holding ``results.xml``, ``sim.log`` and any waveform).
     Raises :class:`CocotbFailure` (an ``AssertionError``) if a cocotb test fails, errors, or the

@@ -40,7 +40,7 @@ def test_bad_width(bad):
 def test_datapath(width):
     """~200 random frames, the reset test and line rate at 5 sizes, for each op."""
     run_cocotb(lambda: Datapath(width, CONFIG), TB, name=f"datapath_w{width}", testcase=TESTS,
-               design_key=("Datapath", width, CONFIG),
+               design_key=(Datapath, width, CONFIG),
                params={"width": width, "frames": 200, "idle": 0.2, "backpressure": 0.3,
                        "ops": list(OPS), "sizes": [14, 18, 60, 67, 129], "count": 8})
 
@@ -50,7 +50,7 @@ def test_datapath(width):
 def test_datapath_heavy(width):
     """3000 random frames per width; line rate at the edges of beats and up to max_frame."""
     run_cocotb(lambda: Datapath(width, CONFIG), TB, name=f"datapath_w{width}", testcase=TESTS,
-               design_key=("Datapath", width, CONFIG),
+               design_key=(Datapath, width, CONFIG),
                params={"width": width, "frames": 3000, "idle": 0.3, "backpressure": 0.5,
                        "ops": list(OPS), "count": 10,
                        "sizes": [14, 15, 17, 18, 63, 64, 65, 66, 127, 256, 1000, 1517, 1518]})
