@@ -416,10 +416,24 @@ class IcarusBoard:
         return self
 
     def stop(self, timeout=30):
+        """Stop the simulation (idempotent). The simulator process is asked to stop through a
+        file and, if it has not ended after ``timeout`` seconds, killed."""
         import json
         import shutil
+        import signal
+        if not os.path.isdir(self._control):
+            return
         open(os.path.join(self._control, "stop"), "w").close()
         self._thread.join(timeout)
+        try:
+            with open(os.path.join(self._control, "pid")) as f:
+                pid = int(f.read())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None:  # still running: it did not see the stop file
+            os.kill(pid, signal.SIGKILL)
+            self._thread.join(timeout)
         try:
             with open(os.path.join(self._control, "stats.json")) as f:
                 stats = json.load(f)

@@ -42,6 +42,8 @@ async def serve(dut):
         getattr(dut, name).value = 0
     await clock.start()
     endpoint = _endpoint(params["listen"])
+    with open(os.path.join(control, "pid"), "w") as f:  # noqa: ASYNC230 (before any I/O)
+        f.write(str(os.getpid()))  # the simulator's: stop() ends it if it outlives the stop file
     with open(os.path.join(control, "url.tmp"), "w") as f:  # noqa: ASYNC230 (before any I/O)
         f.write(endpoint.url)
     os.rename(os.path.join(control, "url.tmp"), os.path.join(control, "url"))
