@@ -475,7 +475,8 @@ def batch_messages(pairs, max_request):
             addr, value = pairs[end]
             base = p.packed_window(addr)
             item = p.packed_item_bytes(value)
-            if (base not in bases and len(bases) == p.PACKED_BASES) or size + item > max_body:
+            if (base not in bases and len(bases) == p.PACKED_BASES) or size + item > max_body \
+                    or end - start == per:  # no more words than a batch message: its time
                 break
             bases.add(base)
             size += item
