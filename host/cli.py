@@ -332,6 +332,10 @@ def build_parser():
     run.add_argument("--width", type=int, default=8, help="virtual board's W")
     run.set_defaults(func=_cmd_run)
 
+    from .boards.cli import add_build_parser, add_flash_parser
+    add_build_parser(sub, _defaults_formatter)
+    add_flash_parser(sub, _defaults_formatter)
+
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     for module in BENCHES:
