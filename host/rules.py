@@ -21,6 +21,7 @@ VLAN edit, MAC rewrites, tunnel). The reference model and the gateware both exec
 
 import dataclasses
 import enum
+import functools
 import re
 
 from .addr import format_ipv4, format_mac, parse_ipv4, parse_mac
@@ -90,7 +91,7 @@ class Rule:
                 return value, mask
         return None
 
-    @property
+    @functools.cached_property
     def text(self):
         """The rule normalized, in the order and notation ``ovs-ofctl`` prints flows."""
         parts = [] if self.priority == DEFAULT_PRIORITY else [f"priority={self.priority}"]
