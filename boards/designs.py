@@ -61,7 +61,8 @@ def _datapath(width, geometry, config):
                   f"hdl.datapath.Datapath (parser -> editor, frames={frames}, max_frame="
                   f"{config.max_frame}), W={width}; no classifier or control bridge yet: fed by "
                   f"an LFSR packet generator (random frames, commands, gaps, backpressure), "
-                  f"outputs and drop counters folded into LEDs and a UART status echo",
+                  f"outputs and drop counters folded into LEDs (and a UART status echo on "
+                  f"boards with a free UART)",
                   Datapath(width, config, frames=frames))
 
 
