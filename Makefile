@@ -10,7 +10,7 @@ APT_STAMP := .cache/apt.stamp
 APT_TOOLS := iverilog:iverilog tshark:tshark ovs-ofctl:openvswitch-common ip:iproute2
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow formal formal-slow bench lint deps clean
+.PHONY: run test test-slow formal formal-slow boards bench lint deps clean
 
 run: deps
 	$(BIN)/openvtep run
@@ -27,6 +27,9 @@ formal: deps
 
 formal-slow: deps
 	$(BIN)/python -m pytest -n 2 -m slow tests/formal $(PYTEST_ARGS)
+
+boards: deps
+	$(BIN)/python -m openvtep.boards.make_boards --jobs 2
 
 bench: deps
 	mkdir -p out
