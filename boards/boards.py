@@ -57,6 +57,14 @@ class Board:
     entropy: tuple = ("button", 0)  # an input pin folded into the traffic generator
     uart: bool = True
     pll_pad: bool = True        # iCE40: the oscillator enters on a PLL pad (SB_PLL40_PAD)
+    # The pipeline design's control UART: the fastest rate its USB-UART takes (the build may
+    # step down to the next FTDI rate the sync clock divides to within 2%), what carries it,
+    # and, for a board whose platform has no "uart" resource, (rx, tx, connector) pins for one.
+    uart_baud: int = 3_000_000
+    uart_via: str = "on-board FTDI USB-UART"
+    uart_pins: tuple = ()
+    # Default table geometry of the pipeline design: (exact_entries, wildcard_entries).
+    geometry: tuple = (64, 4)
 
     @property
     def targets(self):
@@ -73,36 +81,41 @@ class Board:
 
 _ICEPROG = {"program_env": "ICEPROG", "program_package": "fpga-icestorm", "bitstream": "top.bin"}
 _OFL = {"program_env": "OPENFPGALOADER", "program_package": "openfpgaloader", "bitstream": "top.bit"}
-_ULX3S = dict(family="ecp5", program=("openFPGALoader", "-b", "ulx3s", "-m", "{bitstream}"),
+_ULX3S = dict(family="ecp5", uart_via="on-board FTDI FT231X USB-UART", program=("openFPGALoader", "-b", "ulx3s", "-m", "{bitstream}"),
               leds=tuple(("led", i) for i in range(8)), entropy=("button", 1), **_OFL)
 
 BOARDS = {board.name: board for board in [
     Board("icebreaker", ICEBreakerPlatform, "ice40", "1BitSquared iCEBreaker (iCE40 UP5K)",
           widths=(4,), default_width=4, program=("iceprog", "{bitstream}"),
-          leds=(("led", 0), ("led", 1)), **_ICEPROG),
+          leds=(("led", 0), ("led", 1)), uart_via="on-board FTDI FT2232H, channel B",
+          **_ICEPROG),
     Board("ice40-hx8k", ICE40HX8KBEVNPlatform, "ice40", "Lattice iCE40-HX8K breakout board",
           widths=(4,), default_width=4, program=("iceprog", "-S", "{bitstream}"),
           leds=tuple(("led", i) for i in range(8)), entropy=("uart", 0, "rx"), pll_pad=False,
-          **_ICEPROG),
+          uart_via="on-board FTDI FT2232H, channel B", **_ICEPROG),
     Board("ulx3s", ULX3S_85F_Platform, description="Radiona ULX3S, ECP5-85F",
-          widths=(4, 8, 16), default_width=8, **_ULX3S),
+          widths=(4, 8, 16), default_width=8, geometry=(2048, 16), **_ULX3S),
     Board("ulx3s-45f", ULX3S_45F_Platform, description="Radiona ULX3S, ECP5-45F",
-          widths=(4, 8), default_width=8, **_ULX3S),
+          widths=(4, 8), default_width=8, geometry=(1024, 16), **_ULX3S),
     Board("ulx3s-25f", ULX3S_25F_Platform, description="Radiona ULX3S, ECP5-25F",
-          widths=(4, 8), default_width=4, **_ULX3S),
+          widths=(4, 8), default_width=4, geometry=(512, 8), **_ULX3S),
     Board("ulx3s-12f", ULX3S_12F_Platform, description="Radiona ULX3S, ECP5-12F",
-          widths=(4,), default_width=4, **_ULX3S),
+          widths=(4,), default_width=4, geometry=(256, 8), **_ULX3S),
     # The 5A-75B's only LED and button share pins with its UART (J19): the board top uses one
     # or the other.
     Board("colorlight-5a-75b", Colorlight_5A75B_R70Platform, "ecp5",
           "Colorlight 5A-75B v7.0 (ECP5-25F)", widths=(4, 8), default_width=4,
-          program=("openFPGALoader", "-c", "ft232", "-m", "{bitstream}"), uart=False, **_OFL),
+          program=("openFPGALoader", "-c", "ft232", "-m", "{bitstream}"), uart=False,
+          uart_baud=115200, uart_via="an external 3.3 V USB-UART on J19 (no LED then)",
+          geometry=(512, 8), **_OFL),
     # The OrangeCrab build appends a DFU suffix to top.bit (amaranth-boards runs dfu-suffix).
     Board("orangecrab", OrangeCrabR0_2_25FPlatform, "ecp5", "OrangeCrab r0.2 "
           "(ECP5-25F)", widths=(4, 8), default_width=4,
           program=("dfu-util", "-a", "0", "-D", "{bitstream}"), program_env="DFU_UTIL",
           program_package="dfu-util", bitstream="top.bit",
-          leds=(("rgb_led", 0, "r"), ("rgb_led", 0, "g"), ("rgb_led", 0, "b")), uart=False),
+          leds=(("rgb_led", 0, "r"), ("rgb_led", 0, "g"), ("rgb_led", 0, "b")), uart=False,
+          uart_baud=115200, uart_via="an external 3.3 V USB-UART on Feather pins 0 (RX) and 1 "
+          "(TX)", uart_pins=("0", "1", ("io", 0)), geometry=(512, 8)),
 ]}
 
 # What `make boards` builds: one of each board (the ULX3S in its 85F variant).

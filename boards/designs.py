@@ -2,9 +2,13 @@
 
 The board top builds one *design*, chosen here in one place:
 
-- ``pipeline``: ``hdl.pipeline.Pipeline`` (parser -> classifier -> editor with its table and
-  counter port) behind ``hdl.bridge`` on the board UART, once those modules exist and match the
-  adapter below;
+- ``pipeline``: the real VTEP, ``hdl.top.VtepTop`` (``hdl.bridge.ControlBridge`` +
+  ``hdl.pipeline.Pipeline``: parser -> classifier -> editor, tables and counters on the bus,
+  frames injected and captured through the bridge) with the board UART in front of its byte
+  streams (rx -> a 64-byte FIFO -> ``VtepTop.i``; ``VtepTop.o`` -> tx). 3 Mbaud on the FTDI
+  boards (or the next FTDI rate the sync clock divides to within 2%: 2 Mbaud at the iCE40s'
+  31.5 MHz), 115200 baud through an external adapter elsewhere (``Board.uart_baud``). Table
+  geometry from --exact/--wildcard, else the board's default (``Board.geometry``);
 - ``datapath``: ``hdl.datapath.Datapath`` (parser -> editor, the edit command riding along each
   frame), fed by an LFSR packet generator, its output folded into LEDs (and a UART status echo);
 - ``fifo``: ``hdl.stream.PacketFifo`` in the same harness: the floor, for smoke tests.
@@ -33,6 +37,12 @@ class Design:
     exact_entries: int = 0
     wildcard_entries: int = 0
     uses_uart: bool = False
+    # "traffic": the board top feeds ``i``/``o`` (packet streams) from its LFSR harness;
+    # "uart": ``i``/``o`` are byte streams behind the board UART at ``baud`` (``uart_divisor``
+    # clock cycles a bit).
+    harness: str = "traffic"
+    baud: int = None
+    uart_divisor: int = None
 
 
 def _has_module(name):
@@ -42,17 +52,64 @@ def _has_module(name):
         return False
 
 
-def _pipeline(width, geometry, config):
-    if not (_has_module("pipeline") and _has_module("bridge")):
-        raise DesignUnavailable("hdl/pipeline.py and hdl/bridge.py do not exist yet")
-    # TODO(#7): the adapter for the full pipeline + control bridge, once their interfaces land:
-    # Pipeline(width, config, geometry=...) with its table/counter port on hdl.bus, and
-    # ControlBridge on hdl.uart at the board UART.
-    raise DesignUnavailable("hdl/pipeline.py exists, but boards/designs.py has no adapter for "
-                            "its interface yet")
+# Rates an FTDI USB-UART makes exactly (3 MHz / n): the control UART steps down this list when
+# the sync clock cannot divide to the board's preferred rate within hdl.uart's 2%.
+FTDI_BAUDS = (3_000_000, 2_000_000, 1_500_000, 1_000_000, 921_600, 460_800, 230_400, 115_200)
 
 
-def _datapath(width, geometry, config):
+def uart_baud(board, clk_freq):
+    """``(baud, divisor)`` of the pipeline's control UART on ``board`` at ``clk_freq`` Hz: the
+    board's ``uart_baud`` if the clock divides to it within 2%, else the next slower FTDI rate
+    that it does."""
+    from openvtep.hdl.uart import divisor
+    rates = [board.uart_baud] + [b for b in FTDI_BAUDS if b < board.uart_baud]
+    errors = []
+    for baud in rates:
+        try:
+            return baud, divisor(clk_freq, baud)
+        except ValueError as exc:
+            errors.append(str(exc))
+    raise DesignUnavailable(f"no UART rate for a {clk_freq / 1e6:g} MHz clock: "
+                            + "; ".join(errors))
+
+
+def board_geometry(board, geometry):
+    """The table geometry of the pipeline on ``board``: ``geometry`` (from --exact/--wildcard)
+    or the board's default."""
+    from openvtep.tables import Geometry
+    if geometry is not None:
+        return geometry
+    exact, wildcard = board.geometry if board is not None else (64, 4)
+    return Geometry(exact_entries=exact, wildcard_entries=wildcard)
+
+
+def _pipeline(width, geometry, config, board=None, clk_freq=None):
+    if not (_has_module("top") and _has_module("uart")):
+        raise DesignUnavailable("hdl/top.py (VtepTop) and hdl/uart.py do not exist")
+    from openvtep.hdl.top import VtepTop
+    geometry = board_geometry(board, geometry)
+    if board is not None and clk_freq is not None:
+        baud, div = uart_baud(board, clk_freq)
+        via = board.uart_via
+    else:
+        baud, div, via = None, None, "a UART"
+    rate = f"{baud / 1e6:g} Mbaud (divisor {div})" if baud else "the board's rate"
+    vtep = VtepTop(width, config, geometry)
+    return Design("pipeline",
+                  f"hdl.top.VtepTop (ControlBridge + Pipeline: parser -> classifier -> editor, "
+                  f"capture FIFO of {vtep.capture_depth} beats), W={width}, tables "
+                  f"exact={geometry.exact_entries} (profiles={geometry.exact_profiles}) "
+                  f"wildcard={geometry.wildcard_entries}; control protocol on hdl.uart at "
+                  f"{rate} via {via}, rx through a {RX_FIFO_DEPTH}-byte FIFO",
+                  vtep, exact_entries=geometry.exact_entries,
+                  wildcard_entries=geometry.wildcard_entries, uses_uart=True,
+                  harness="uart", baud=baud, uart_divisor=div)
+
+
+RX_FIFO_DEPTH = 64
+
+
+def _datapath(width, geometry, config, board=None, clk_freq=None):
     if not _has_module("datapath"):
         raise DesignUnavailable("hdl/datapath.py does not exist")
     from openvtep.hdl.datapath import Datapath
@@ -66,7 +123,7 @@ def _datapath(width, geometry, config):
                   Datapath(width, config, frames=frames))
 
 
-def _fifo(width, geometry, config):
+def _fifo(width, geometry, config, board=None, clk_freq=None):
     from openvtep.hdl.stream import PacketFifo
     depth = 512
     return Design("fifo",
@@ -82,18 +139,20 @@ def available_designs():
     return ("auto", *DESIGNS)
 
 
-def resolve_design(name, width, geometry, config):
-    """Build the design ``name`` (or the first available one for ``auto``); returns
-    ``(Design, notes)`` where ``notes`` says why larger designs were skipped."""
+def resolve_design(name, width, geometry, config, board=None, clk_freq=None):
+    """Build the design ``name`` (or the first available one for ``auto``) for ``board`` (a
+    :class:`~openvtep.boards.boards.Board`, for the pipeline's UART rate and default geometry)
+    clocked at ``clk_freq`` Hz; returns ``(Design, notes)`` where ``notes`` says why larger
+    designs were skipped."""
     notes = []
     if name != "auto":
         if name not in DESIGNS:
             raise DesignUnavailable(f"unknown design {name!r}; choose one of: "
                                     f"{', '.join(available_designs())}")
-        return DESIGNS[name](width, geometry, config), notes
+        return DESIGNS[name](width, geometry, config, board, clk_freq), notes
     for candidate, factory in DESIGNS.items():
         try:
-            return factory(width, geometry, config), notes
+            return factory(width, geometry, config, board, clk_freq), notes
         except DesignUnavailable as exc:
             notes.append(f"{candidate}: {exc}")
     raise DesignUnavailable("no design can be built: " + "; ".join(notes))

@@ -1,6 +1,10 @@
 """The board top: PLL clock, the design (:mod:`openvtep.boards.designs`) and its board I/O.
 
-Until the control bridge drives the pipeline from the UART, the design's streams are fed and
+The ``pipeline`` design (``hdl.top.VtepTop``) is driven by the host over the board UART: rx ->
+a 64-byte FIFO -> ``VtepTop.i``, ``VtepTop.o`` -> tx; the LEDs show busy, a sticky receive
+error, and rx/tx activity.
+
+The smaller designs (``datapath``, ``fifo``) have no control bridge: their streams are fed and
 drained by real logic the tools cannot optimize away:
 
 - :class:`PacketSource` makes well-formed frames (random lengths of about 60..1100 bytes, random
@@ -190,13 +194,17 @@ class BoardTop(Elaboratable):
         f_in = board.platform().default_clk_frequency
         pll = ice40_pll if board.family == "ice40" else ecp5_pll
         self.pll = pll(f_in, self.requested_mhz * 1e6)
-        self.design, self.design_notes = resolve_design(design, width, geometry, self.config)
+        self.design, self.design_notes = resolve_design(design, width, geometry, self.config,
+                                                        board=board, clk_freq=self.pll.f_out)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.clock = PLLClock(self.pll, pad=self.board.pll_pad)
         dut = self.design.component
         m.submodules.dut = dut
+        if self.design.harness == "uart":
+            self._elaborate_uart(m, platform, dut)
+            return m
 
         members = dut.signature.members
         i_layout = members["i"].signature.members["payload"].shape
@@ -244,6 +252,69 @@ class BoardTop(Elaboratable):
             m.submodules[f"led_{k}"] = buf
             m.d.sync += buf.o.eq(leds[k])
         return m
+
+
+def _uart_pins(platform, board):
+    """The board's ``uart`` resource; on a board without one, first added on
+    ``board.uart_pins`` (rx, tx, connector)."""
+    if board.uart_pins:
+        from amaranth.build import Attrs, ResourceError
+        from amaranth_boards.resources import UARTResource
+        rx, tx, conn = board.uart_pins
+        try:
+            platform.lookup("uart", 0)
+        except ResourceError:  # not defined
+            platform.add_resources([UARTResource(0, rx=rx, tx=tx, conn=conn,
+                                                 attrs=Attrs(IO_TYPE="LVCMOS33"))])
+    return platform.request("uart", 0, dir="-")
+
+
+def _elaborate_uart(self, m, platform, dut):
+    """The pipeline design: UART rx -> byte FIFO -> ``dut.i``; ``dut.o`` -> UART tx. The LEDs
+    show activity: busy (not ``idle``), then a sticky receive error (overrun of the FIFO,
+    framing), then received/sent byte toggles; boards whose LED shares the UART pins get none."""
+    from amaranth.lib.fifo import SyncFIFO
+
+    from openvtep.hdl.uart import UART
+
+    from .designs import RX_FIFO_DEPTH
+    board = self.board
+    pins = _uart_pins(platform, board)
+    m.submodules.uart_rx = rx_buf = io.Buffer("i", pins.rx)
+    m.submodules.uart_tx = tx_buf = io.Buffer("o", pins.tx)
+    m.submodules.uart = uart = UART(divisor=self.design.uart_divisor)
+    m.submodules.rx_fifo = rx_fifo = SyncFIFO(width=8, depth=RX_FIFO_DEPTH)
+    m.d.comb += [
+        uart.rx.eq(rx_buf.i),
+        tx_buf.o.eq(uart.tx),
+        rx_fifo.w_data.eq(uart.o.payload),
+        rx_fifo.w_en.eq(uart.o.valid),
+        uart.o.ready.eq(rx_fifo.w_rdy),
+        dut.i.payload.eq(rx_fifo.r_data),
+        dut.i.valid.eq(rx_fifo.r_rdy),
+        rx_fifo.r_en.eq(dut.i.ready),
+    ]
+    wiring.connect(m, dut.o, uart.i)
+
+    if board.uart_via.endswith("(no LED then)"):
+        return
+    error = Signal()
+    rx_toggle = Signal()
+    tx_toggle = Signal()
+    m.d.sync += error.eq(error | uart.overrun | uart.framing_error)
+    with m.If(uart.o.valid & uart.o.ready):
+        m.d.sync += rx_toggle.eq(~rx_toggle)
+    with m.If(uart.i.valid & uart.i.ready):
+        m.d.sync += tx_toggle.eq(~tx_toggle)
+    status = Cat(~dut.idle, error, rx_toggle, tx_toggle)
+    requested = {}
+    for k, spec in enumerate(board.leds):
+        buf = _request_bit(platform, spec, "o", requested)
+        m.submodules[f"led_{k}"] = buf
+        m.d.sync += buf.o.eq(status[k] if k < len(status) else 0)
+
+
+BoardTop._elaborate_uart = _elaborate_uart
 
 
 def _has_uart():

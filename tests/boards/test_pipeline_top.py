@@ -1,0 +1,63 @@
+"""The pipeline design on the boards: ``hdl.top.VtepTop`` behind the board UART elaborates to
+RTLIL for every board (no synthesis), ``auto`` picks it, the UART rate and the table geometry
+are the board's (or --exact/--wildcard's)."""
+
+import pytest
+
+from openvtep.boards.boards import BOARDS
+from openvtep.boards.build import check_args
+from openvtep.boards.designs import resolve_design, uart_baud
+from openvtep.boards.top import BoardTop
+from openvtep.hdl.top import VtepTop
+from openvtep.tables import Geometry
+
+FTDI = ("icebreaker", "ice40-hx8k", "ulx3s", "ulx3s-45f", "ulx3s-25f", "ulx3s-12f")
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_pipeline_top_elaborates(name):
+    board = BOARDS[name]
+    top = BoardTop(board, board.default_width, design="pipeline")
+    design = top.design
+    assert design.name == "pipeline" and design.harness == "uart"
+    assert isinstance(design.component, VtepTop)
+    assert (design.exact_entries, design.wildcard_entries) == board.geometry
+    exact, wildcard = board.geometry
+    assert design.component.geometry == Geometry(exact_entries=exact, wildcard_entries=wildcard)
+    if name in FTDI:
+        assert design.baud >= 2_000_000  # 3 Mbaud, or 2 Mbaud at the iCE40s' 31.5 MHz
+    else:
+        assert design.baud == 115200
+    assert abs(top.pll.f_out / design.uart_divisor - design.baud) <= 0.02 * design.baud
+    plan = board.platform().prepare(top, name="top", debug_verilog=False)
+    rtlil = plan.files["top.il"]
+    assert "rx_fifo" in rtlil and "pipeline" in rtlil and "bridge" in rtlil
+    constraints = plan.files.get("top.pcf") or plan.files["top.lpf"]
+    assert "uart" in constraints
+
+
+def test_ulx3s_at_3_mbaud():
+    assert uart_baud(BOARDS["ulx3s"], 125e6) == (3_000_000, 42)
+    assert uart_baud(BOARDS["icebreaker"], 31.5e6) == (2_000_000, 16)
+
+
+@pytest.mark.parametrize("name", ["icebreaker", "ulx3s", "orangecrab"])
+def test_auto_picks_pipeline(name):
+    board = BOARDS[name]
+    clk_freq = board.target_mhz(board.default_width) * 1e6
+    design, notes = resolve_design("auto", board.default_width, None, _config(), board=board,
+                                   clk_freq=clk_freq)
+    assert design.name == "pipeline" and notes == []
+
+
+def test_geometry_from_options():
+    board, width, geometry = check_args("ulx3s", 4, "yowasp", 256, 8)
+    top = BoardTop(board, width, geometry=geometry)   # design auto
+    assert top.design.name == "pipeline"
+    assert (top.design.exact_entries, top.design.wildcard_entries) == (256, 8)
+    assert top.design.component.geometry == geometry
+
+
+def _config():
+    from openvtep.config import VtepConfig
+    return VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)
