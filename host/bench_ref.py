@@ -24,8 +24,17 @@ import numpy as np
 from .addr import format_ipv4, format_mac
 from .config import VtepConfig
 from .frames import FrameBatch
-from .headers import (ETHERTYPE_IPV4, HASH_ROTATIONS, IPPROTO_UDP, IPV4_DF, SRC_PORT_BASE,
-                      SRC_PORT_MASK, VXLAN_FLAG_I, Port, ipv4_checksum)
+from .headers import (
+    ETHERTYPE_IPV4,
+    HASH_ROTATIONS,
+    IPPROTO_UDP,
+    IPV4_DF,
+    SRC_PORT_BASE,
+    SRC_PORT_MASK,
+    VXLAN_FLAG_I,
+    Port,
+    ipv4_checksum,
+)
 from .reference import Reference
 from .rules import parse_rules
 

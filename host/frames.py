@@ -10,7 +10,6 @@ import struct
 import numpy as np
 
 from .errors import PcapError
-from .headers import Port
 
 __all__ = ["FrameBatch", "read_pcap", "write_pcap", "merge_inputs"]
 

@@ -20,8 +20,20 @@ import numpy as np
 
 from .frames import FrameBatch
 from .headers import (
-    ENCAP_BYTES, ETHERTYPE_IPV4, ETHERTYPE_VLAN, IPPROTO_TCP, IPPROTO_UDP, IPV4_DF,
-    IN_PORT_CODE, IPV4_FRAG_OFFSET, IPV4_MF, NO_VLAN, VXLAN_FLAG_I, DropReason, Port, ipv4_checksum,
+    ENCAP_BYTES,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_VLAN,
+    IN_PORT_CODE,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_DF,
+    IPV4_FRAG_OFFSET,
+    IPV4_MF,
+    NO_VLAN,
+    VXLAN_FLAG_I,
+    DropReason,
+    Port,
+    ipv4_checksum,
     tunnel_src_port,
 )
 from .rules import VlanOp

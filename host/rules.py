@@ -26,7 +26,7 @@ import re
 
 from .addr import format_ipv4, format_mac, parse_ipv4, parse_mac
 from .errors import RuleError
-from .headers import (ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP, IPPROTO_UDP, NO_VLAN, Port)
+from .headers import ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP, IPPROTO_UDP, NO_VLAN, Port
 
 __all__ = ["FIELDS", "Rule", "RuleSet", "Emission", "VlanOp", "parse_rules", "load_rules",
            "DEFAULT_PRIORITY"]

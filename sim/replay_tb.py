@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
+
 from openvtep import regmap as rm
 from openvtep.hdl.headers import port_packet_layout, unpack
 from openvtep.hdl.pipeline import FrameDone

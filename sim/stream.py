@@ -25,6 +25,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.simtime import convert, get_sim_time
 from cocotb.triggers import Event, First, RisingEdge, Timer
+
 from openvtep.hdl.stream import packet_layout
 
 __all__ = ["PacketSink", "PacketSource", "SimClock", "assert_frames_equal", "hexdiff"]

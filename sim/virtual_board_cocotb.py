@@ -18,6 +18,7 @@ import time
 
 import cocotb
 from cocotb.triggers import RisingEdge, Timer
+
 from openvtep.sim.stream import SimClock
 from openvtep.sim.virtual_board import _endpoint
 

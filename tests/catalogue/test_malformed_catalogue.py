@@ -14,6 +14,7 @@ import struct
 import zlib
 
 import pytest
+
 from openvtep import protocol as p
 from openvtep.addr import parse_ipv4, parse_mac
 from openvtep.config import VtepConfig, parse_config

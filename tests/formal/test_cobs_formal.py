@@ -15,6 +15,7 @@ group counter, which the block does not expose.
 
 from amaranth.asserts import AnyConst
 from amaranth.hdl import Assert, Assume, Cover, Elaboratable, Signal
+
 from openvtep.hdl.bridge import CobsDecoder
 from openvtep.sim import formal
 

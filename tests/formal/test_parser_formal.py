@@ -19,6 +19,7 @@ minute, and each BMC step beyond 10 doubles the solver time (16 steps: over 5 mi
 import pytest
 from amaranth.asserts import AnyConst
 from amaranth.hdl import Assert, Cover, Elaboratable, Signal
+
 from openvtep.config import VtepConfig
 from openvtep.hdl.parser import Parser
 from openvtep.sim import formal

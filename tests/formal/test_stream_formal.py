@@ -18,6 +18,7 @@ Each contract is also shown to reach its interesting cases (cover: a stall then 
 import pytest
 from amaranth.asserts import AnyConst
 from amaranth.hdl import Assert, Assume, Cover, Elaboratable, Shape, Signal
+
 from openvtep.hdl.stream import PacketFifo, RegisterSlice
 from openvtep.sim import formal
 

@@ -11,6 +11,7 @@ can hold that no reset reaches (its 4-bit bit counter at 15: 16 bit times), so i
 """
 
 from amaranth.hdl import Assert, Cat, Const, Cover, Elaboratable, Signal
+
 from openvtep.hdl.uart import UARTTx
 from openvtep.sim import formal
 

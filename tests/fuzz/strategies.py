@@ -11,12 +11,13 @@ import struct
 from pathlib import Path
 
 from hypothesis import strategies as st
+from scapy.all import IP, TCP, UDP, Dot1Q, Ether, Raw, conf, fuzz
+from scapy.layers.vxlan import VXLAN
+
 from openvtep.addr import parse_ipv4, parse_mac
 from openvtep.config import VtepConfig
 from openvtep.frames import FrameBatch, write_pcap
 from openvtep.headers import Port
-from scapy.all import IP, TCP, UDP, Dot1Q, Ether, Raw, conf, fuzz
-from scapy.layers.vxlan import VXLAN
 
 conf.verb = 0
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

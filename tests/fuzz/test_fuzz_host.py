@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from openvtep import protocol as p
 from openvtep.config import parse_config
 from openvtep.errors import ConfigError, PcapError, RuleError

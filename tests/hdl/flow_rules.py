@@ -8,6 +8,7 @@ model mapped to hardware rule indices.
 import random
 
 import numpy as np
+
 from openvtep.addr import format_ipv4, format_mac
 from openvtep.errors import RuleError
 from openvtep.frames import FrameBatch

@@ -14,6 +14,7 @@ import time
 import cocotb
 import flow_rules
 import vtep_frames as vf
+
 from openvtep import regmap as rm
 from openvtep.frames import FrameBatch
 from openvtep.hdl.classifier import Verdict

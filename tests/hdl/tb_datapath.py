@@ -11,10 +11,11 @@ import time
 
 import cocotb
 import vtep_frames as vf
-from openvtep.sim.bench_rtl_tb import line_rate  # noqa: F401  (a cocotb test, run from here too)
+
 from openvtep.hdl.datapath import datapath_layout
 from openvtep.hdl.headers import port_packet_layout
 from openvtep.headers import DropReason, Port
+from openvtep.sim.bench_rtl_tb import line_rate  # noqa: F401  (a cocotb test, run from here too)
 from openvtep.sim.cocotb_runner import test_params
 from openvtep.sim.stream import PacketSink, PacketSource, SimClock, hexdiff
 

@@ -11,6 +11,7 @@ import random
 import cocotb
 import vtep_frames as vf
 from amaranth.lib import data
+
 from openvtep.frames import FrameBatch
 from openvtep.hdl.headers import ParsedHeaders, port_packet_layout, unpack
 from openvtep.headers import DropReason

@@ -8,6 +8,7 @@ Run from ``tests/hdl/test_stream.py``. Parameters (``test_params()``): ``width``
 import random
 
 import cocotb
+
 from openvtep.sim.cocotb_runner import test_params, test_seed
 from openvtep.sim.stream import PacketSink, PacketSource, SimClock, assert_frames_equal
 

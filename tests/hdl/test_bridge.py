@@ -10,6 +10,7 @@ import warnings
 import pytest
 from amaranth.hdl import Module, UnusedElaboratable
 from amaranth.sim import Simulator
+
 from openvtep import protocol as p
 from openvtep.hdl import bus
 from openvtep.hdl.bridge import CobsDecoder, CobsEncoder, ControlBridge
@@ -181,6 +182,7 @@ def test_register_port_adapter():
     """A register-port block (writes without response) behind the adapter answers like a bus
     target: writes acknowledged, reads returned."""
     from amaranth.hdl import Signal
+
     from openvtep.hdl.bus import RegisterPortAdapter
 
     m = Module()

@@ -9,6 +9,7 @@ cocotb testbench: ``tb_classifier.py``; rule sets: ``flow_rules.py``.
 from pathlib import Path
 
 import pytest
+
 from openvtep import regmap as rm
 from openvtep.hdl.classifier import Classifier
 from openvtep.rules import parse_rules

@@ -18,11 +18,12 @@ a failure names the cocotb test, the seed and the first differing frame as a hex
 from pathlib import Path
 
 import pytest
+from vtep_frames import CONFIG
+
 from openvtep.bench_rtl import OPS
 from openvtep.hdl.datapath import Datapath
 from openvtep.hdl.editor import Editor
 from openvtep.sim.cocotb_runner import run_cocotb
-from vtep_frames import CONFIG
 
 TB = Path(__file__).with_name("tb_datapath.py")
 WIDTHS = [4, 8, 16]

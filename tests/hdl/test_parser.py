@@ -11,6 +11,8 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib import data
 from amaranth.sim import Simulator
+from vtep_frames import CONFIG
+
 from openvtep import headers as h
 from openvtep.hdl.editor import tunnel_src_port
 from openvtep.hdl.headers import (
@@ -28,7 +30,6 @@ from openvtep.hdl.headers import (
 )
 from openvtep.hdl.parser import Parser, ones_complement_sum
 from openvtep.sim.cocotb_runner import run_cocotb
-from vtep_frames import CONFIG
 
 TB = Path(__file__).with_name("tb_parser.py")
 WIDTHS = [4, 8, 16]

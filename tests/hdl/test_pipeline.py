@@ -14,6 +14,7 @@ import flow_rules
 import numpy as np
 import pytest
 import vtep_frames as vf
+
 from openvtep.config import load_config
 from openvtep.frames import FrameBatch, merge_inputs, read_pcap
 from openvtep.headers import ENCAP_BYTES, DropReason, Port

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from amaranth.hdl import Shape
+
 from openvtep.hdl.stream import PacketFifo, RegisterSlice, packet_layout, packet_signature
 from openvtep.sim.cocotb_runner import run_cocotb
 from openvtep.sim.stream import assert_frames_equal, hexdiff

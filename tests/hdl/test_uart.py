@@ -6,6 +6,7 @@ import random
 import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
+
 from openvtep.hdl.uart import UART, UARTRx, UARTTx, divisor
 
 DIV = 8  # cycles per bit: small, so the tests are fast; the logic does not depend on it
@@ -172,6 +173,7 @@ def test_uart_in_front_of_the_bridge():
     """The board path: UART receiver -> FIFO -> ControlBridge -> UART transmitter, bit level.
     An IDENTIFY request sent as line bits gets a reply that decodes, CRC and all."""
     from amaranth.lib import fifo
+
     from openvtep import protocol as p
     from openvtep.hdl.bridge import ControlBridge
 

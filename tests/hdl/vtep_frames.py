@@ -11,6 +11,7 @@ import random
 import struct
 
 import numpy as np
+
 from openvtep.config import VtepConfig
 from openvtep.frames import FrameBatch
 from openvtep.hdl.headers import EditCommand, command_from_emission, pack

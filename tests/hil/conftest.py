@@ -10,6 +10,7 @@ run on the virtual board; tests of the full pipeline will take a real board's po
 import os
 
 import pytest
+
 from openvtep.driver import Device
 from openvtep.sim.virtual_board import serve
 

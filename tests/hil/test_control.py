@@ -8,6 +8,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from openvtep import protocol as p
 from openvtep.driver import (
     Device,

@@ -11,6 +11,7 @@ import os
 import random
 
 import pytest
+
 from openvtep.driver import Device, DeviceError
 from openvtep.headers import Port
 from openvtep.sim.bridge_top import COUNTERS, MAP

@@ -27,8 +27,7 @@ from openvtep.addr import format_ipv4, format_mac, parse_ipv4, parse_mac
 from openvtep.config import VtepConfig
 from openvtep.errors import RuleError
 from openvtep.frames import FrameBatch
-from openvtep.headers import (HASH_ROTATIONS, OUTPUT_GROWTH, DropReason, Port,
-                              tunnel_src_port)
+from openvtep.headers import HASH_ROTATIONS, OUTPUT_GROWTH, DropReason, Port, tunnel_src_port
 from openvtep.reference import Reference
 from openvtep.rules import parse_rules
 

@@ -11,8 +11,16 @@ from openvtep.frames import FrameBatch
 from openvtep.headers import Port
 from openvtep.reference import Reference, parse
 from openvtep.rules import parse_rules
-from openvtep.tables import (BANKS, KEY_BITS, SLOTS, Geometry, bucket_index, compile_tables,
-                             flow_keys, rule_key)
+from openvtep.tables import (
+    BANKS,
+    KEY_BITS,
+    SLOTS,
+    Geometry,
+    bucket_index,
+    compile_tables,
+    flow_keys,
+    rule_key,
+)
 
 CONFIG = VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)
 MACS = [f"02:00:00:00:00:{i:02x}" for i in range(1, 7)]

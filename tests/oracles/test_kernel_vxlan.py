@@ -39,12 +39,13 @@ import threading
 import time
 
 import pytest
+from oracle_support import expected_emissions, mac_bytes, random_inner
+
 from openvtep.config import VtepConfig
 from openvtep.frames import FrameBatch
 from openvtep.headers import Port
 from openvtep.reference import Reference
 from openvtep.rules import parse_rules
-from oracle_support import expected_emissions, mac_bytes, random_inner
 
 pytestmark = pytest.mark.netns
 

@@ -25,11 +25,12 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from oracle_support import EXAMPLES_DIR
+
 from openvtep.addr import parse_ipv4, parse_mac
 from openvtep.errors import RuleError
 from openvtep.headers import Port
 from openvtep.rules import DEFAULT_PRIORITY, FIELDS, load_rules, parse_rules
-from oracle_support import EXAMPLES_DIR
 
 PROTOCOLS = {"of10": [], "of13": ["-O", "OpenFlow13"]}
 OVS_PORTS = {"host": 1, "net": 2}

@@ -17,12 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from openvtep.addr import format_ipv4, format_mac
-from openvtep.config import VtepConfig, load_config
-from openvtep.frames import FrameBatch, merge_inputs, read_pcap, write_pcap
-from openvtep.headers import ETHERTYPE_IPV4, Port, tunnel_src_port
-from openvtep.reference import Reference, parse
-from openvtep.rules import VlanOp, load_rules
 from oracle_support import (
     GATEWAY_MAC,
     LOCAL_IP,
@@ -33,6 +27,13 @@ from oracle_support import (
     run_tshark,
     tshark_problems,
 )
+
+from openvtep.addr import format_ipv4, format_mac
+from openvtep.config import VtepConfig, load_config
+from openvtep.frames import FrameBatch, merge_inputs, read_pcap, write_pcap
+from openvtep.headers import ETHERTYPE_IPV4, Port, tunnel_src_port
+from openvtep.reference import Reference, parse
+from openvtep.rules import VlanOp, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -2,6 +2,7 @@
 is found without making or converting the design; without one, the RTLIL is the key."""
 
 import pytest
+
 from openvtep.hdl.stream import RegisterSlice
 from openvtep.sim.cocotb_runner import _build
 
