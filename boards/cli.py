@@ -6,9 +6,6 @@ User mistakes raise :class:`openvtep.errors.UserError` (the CLI prints them, exi
 """
 
 import argparse
-import sys
-
-from openvtep.errors import UserError
 
 from .boards import BOARDS, DEFAULT_BOARDS
 from .build import TOOLCHAINS, BuildError
@@ -117,22 +114,6 @@ def add_flash_parser(subparsers, formatter=argparse.ArgumentDefaultsHelpFormatte
 
 
 def main(argv=None):
-    """``python -m openvtep.boards build|flash ...``."""
-    parser = argparse.ArgumentParser(prog="python -m openvtep.boards",
-                                     description="openvtep board builds and flashing")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_build_parser(sub)
-    add_flash_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"openvtep: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("openvtep: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    """``python -m openvtep.boards build|flash ...``: the same commands as ``openvtep``."""
+    from ..cli import main as openvtep_main
+    return openvtep_main(argv)
