@@ -194,29 +194,32 @@ def _write_index(index, final):
     os.replace(tmp, index)
 
 
-def _build(component, name, *, waves, design_key=None):
+def _build(component, name, *, waves, design_key=None, build_args=()):
     """Compile ``component`` (or what the factory ``component`` returns, only made when
-    needed) once per distinct design; return the build directory."""
+    needed) once per distinct design; return the build directory. ``build_args`` go to the
+    Icarus compiler (e.g. ``("-g2005",)``) and are part of the cache key."""
     from amaranth.hdl import Elaboratable
 
+    if build_args and design_key is not None:
+        design_key = (design_key, *build_args)
     index = _index_path(name, design_key, waves)
     if index is not None and (final := _indexed_build(index)) is not None:
         return final
     if callable(component) and not isinstance(component, Elaboratable):
         component = component()
-    final = _build_rtlil(component, name, waves=waves)
+    final = _build_rtlil(component, name, waves=waves, build_args=build_args)
     if index is not None:
         _write_index(index, final)
     return final
 
 
-def _build_rtlil(component, name, *, waves):
+def _build_rtlil(component, name, *, waves, build_args=()):
     from amaranth.back import rtlil
 
     # Cache key: the RTLIL (pure Python, fast), so a cached design skips Yosys too.
     rtlil_text = rtlil.convert(component, name=name)
-    key = hashlib.sha256(
-        "\0".join([rtlil_text, name, repr(TIMESCALE), str(waves)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([rtlil_text, name, repr(TIMESCALE), str(waves),
+                                    *build_args]).encode()).hexdigest()[:16]
     root = _build_root()
     final = root / f"{name}-{key}"
     if (final / "sim.vvp").is_file():
@@ -231,7 +234,8 @@ def _build_rtlil(component, name, *, waves):
         source.write_text(_to_verilog(component, name, rtlil_text))
         runner = _make_runner()
         runner.build(sources=[source], hdl_toplevel=name, build_dir=tmp, timescale=TIMESCALE,
-                     waves=waves, always=True, log_file=tmp / "build.log")
+                     waves=waves, build_args=list(build_args), always=True,
+                     log_file=tmp / "build.log")
         try:
             os.rename(tmp, final)
         except OSError:

@@ -311,47 +311,18 @@ class ByteShell(wiring.Component):
 
 
 def _icarus_build(top, name):
-    """Build ``top`` for Icarus once per distinct design (cached under ``build/sim`` like
-    :mod:`openvtep.sim.cocotb_runner`, atomically); return ``(runner, build_dir)``.
+    """Build ``top`` for Icarus once per distinct design (the cache of
+    :mod:`openvtep.sim.cocotb_runner`); return ``(runner, build_dir)``.
 
     Unlike cocotb's default (``-g2012``) this compiles with ``-g2005``: under the 2012 rules
     Icarus does not run the ``always @*`` blocks Yosys emits at time 0, so a combinational
     output of an FSM whose state register never changes after reset (e.g. ``ready`` in the
     reset state) stays X until the state first changes.
     """
-    import hashlib
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from amaranth.back import rtlil, verilog
     from cocotb_tools.runner import get_runner
 
-    from .cocotb_runner import TIMESCALE, _build_root
-
-    text = rtlil.convert(top, name=name)
-    key = hashlib.sha256((text + name + "-g2005").encode()).hexdigest()[:16]
-    root = _build_root()
-    final = root / f"{name}-g2005-{key}"
-    runner = get_runner("icarus")
-    if not (final / "sim.vvp").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=root))
-        try:
-            source = tmp / f"{name}.v"
-            source.write_text(verilog.convert(top, name=name))
-            runner.build(sources=[source], hdl_toplevel=name, build_dir=tmp,
-                         timescale=TIMESCALE, build_args=["-g2005"], always=True,
-                         log_file=tmp / "build.log")
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "sim.vvp").is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return runner, final
+    from .cocotb_runner import _build
+    return get_runner("icarus"), _build(top, name, waves=False, build_args=("-g2005",))
 
 
 class IcarusBoard:
