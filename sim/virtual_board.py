@@ -147,9 +147,10 @@ def _endpoint(listen):
 class VirtualBoard:
     """A simulated top served on :attr:`url`. Made by :func:`serve`; :meth:`stop` ends it.
 
-    Attributes: ``url`` (for :class:`openvtep.driver.Device`), ``cycles`` (simulated so far),
-    ``busy_seconds`` (wall time spent simulating, sleeps excluded), ``error`` (an exception
-    that ended the simulation, if any).
+    Attributes: ``url`` (for :class:`openvtep.driver.Device`), ``cycles`` (simulated so far:
+    published at every socket poll, before any byte goes to the host, so a host that has a
+    reply sees at least the cycles that made it), ``busy_seconds`` (wall time spent
+    simulating, sleeps excluded), ``error`` (an exception that ended the simulation, if any).
     """
 
     def __init__(self, top, listen):
@@ -213,6 +214,16 @@ class VirtualBoard:
         since_poll = 0
         cycles = 0
         started = time.perf_counter()
+
+        def publish():
+            # Before the host can see the effect of these cycles (a reply), not only when the
+            # board goes to sleep: a reader of ``cycles`` must not race the simulation.
+            nonlocal cycles, started
+            now = time.perf_counter()
+            self.cycles += cycles
+            self.busy_seconds += now - started
+            cycles, started = 0, now
+
         while not stop.is_set():
             if pos < len(pending):
                 ctx.set(i_payload, pending[pos])
@@ -235,15 +246,13 @@ class VirtualBoard:
                     (pos < len(pending) or since_poll < 8):
                 continue
             since_poll = 0
+            publish()
             if out:
                 endpoint.write(bytes(out))
                 out.clear()
             if pos >= len(pending):
                 if idle_run >= IDLE_CYCLES:
                     # Nothing to do: sleep until the host sends something (or stop()).
-                    self.cycles += cycles
-                    self.busy_seconds += time.perf_counter() - started
-                    cycles = 0
                     while not stop.is_set():
                         readable, _, _ = select.select(endpoint.fds(), [], [], 0.05)
                         if readable:
@@ -253,8 +262,7 @@ class VirtualBoard:
                 data = endpoint.read()
                 if data:
                     pending, pos = data, 0
-        self.cycles += cycles
-        self.busy_seconds += time.perf_counter() - started
+        publish()
 
 
 _PARAMS_ENV = "OPENVTEP_VBOARD"  # JSON parameters for virtual_board_cocotb

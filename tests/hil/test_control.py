@@ -257,16 +257,19 @@ def test_write_packed_errors(device):
 
 
 def test_pty_and_amaranth_simulator():
-    """The other transport and the other simulator: a pty path, Amaranth's simulator."""
+    """The other transport and the other simulator: a pty path, Amaranth's simulator. The
+    board's cycle count covers every reply the host has received (read while it runs)."""
     from openvtep.sim.virtual_board import serve
 
     with serve(listen="pty", simulator="amaranth") as board:
         assert board.url.startswith("/dev/")
         with Device(board.url, timeout=20) as dev:
             assert dev.info["magic"] == p.MAGIC
+            opened = board.cycles
+            assert opened > 0
             dev.write_batch([(RAM + k, k) for k in range(20)])
             assert dev.read_block(RAM, 20) == list(range(20))
-        assert board.cycles > 0
+            assert board.cycles > opened
 
 
 def test_reset_is_detected(device):
