@@ -3,7 +3,7 @@
 One simple memory-mapped bus, defined here once (:class:`Signature`), with the blocks that hang
 targets off it: :class:`BusDecoder` (address ranges to targets), :class:`RegisterFile`
 (configuration and ID words), :class:`MemoryTarget` (a block RAM, e.g. a table) and
-:class:`CounterBlock` (64-bit counters).
+:class:`CounterBlock` (counters, 64-bit by default).
 
 Protocol (initiator's view; ``addr`` is a *word* address, data words are 32 bits):
 
@@ -221,21 +221,27 @@ class MemoryTarget(wiring.Component):
 
 
 class CounterBlock(wiring.Component):
-    """``count`` 64-bit counters on the bus, two words each (counter ``k``: low word at
-    ``2k``, high word at ``2k+1``), as the protocol's ``COUNTERS`` command reads them.
+    """``count`` counters of ``width`` bits (default 64) on the bus, two words each (counter
+    ``k``: low word at ``2k``, high word at ``2k+1``), as the protocol's ``COUNTERS`` command
+    reads them; bits above ``width`` read as 0.
 
-    Each cycle counter ``k`` grows by ``add[k]`` (``amount_width`` bits). Reading a low word
-    returns it and snapshots the counter's high word, which the next read of the high word
-    returns: read low then high for a consistent 64-bit value. Writing the low word clears the
-    counter (any value); writing the high word answers ``r_err``.
+    Each cycle counter ``k`` grows by ``add[k]`` (``amount_width`` bits), modulo
+    ``2**width``. Reading a low word returns it and snapshots the counter's high word, which
+    the next read of the high word returns: read low then high for a consistent value. Writing
+    the low word clears the counter (any value); writing the high word answers ``r_err``.
+    A counter narrower than 64 bits wraps within reach of real traffic: the host extends it
+    (:class:`openvtep.vtep.Vtep` counts the wraps).
 
     Latency: accepts every request at once; responds the next cycle.
     """
 
-    def __init__(self, count, *, amount_width=16):
+    def __init__(self, count, *, amount_width=16, width=64):
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"CounterBlock count must be a positive integer, not {count!r}")
+        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 64:
+            raise ValueError(f"CounterBlock width must be an integer in 1..64, not {width!r}")
         self.count = count
+        self.width = width
         super().__init__({
             "bus": In(Signature(max(1, (2 * count - 1).bit_length()))),
             "add": In(data.ArrayLayout(amount_width, count)),
@@ -244,7 +250,7 @@ class CounterBlock(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
-        counters = [Signal(64, name=f"counter{k}") for k in range(self.count)]
+        counters = [Signal(self.width, name=f"counter{k}") for k in range(self.count)]
         snapshot = Signal(DATA_BITS)
         clear = Signal(self.count)
 
@@ -262,6 +268,7 @@ class CounterBlock(wiring.Component):
                     with m.If(bus.w_en):
                         m.d.comb += clear[k].eq(1)
                     with m.Else():
+                        # Slices past the width are empty: they read as 0.
                         m.d.sync += [bus.r_data.eq(counter[:32]),
                                      snapshot.eq(counter[32:])]
                 with m.Case(2 * k + 1):
