@@ -13,6 +13,14 @@ Tables are loaded with exactly the writes of :func:`openvtep.regmap.table_writes
 read back entry by entry: a load returns only once the device holds what was compiled. A rule
 set the tables cannot hold is refused by the compiler with a :class:`RuleError` naming the
 rule, before anything is written.
+
+Counters only go up, as a switch operator expects (SNMP's Counter64): :meth:`Vtep.counters`
+keeps every raw reading. A hardware counter narrower than 64 bits (the 32-bit drop counters)
+that reads lower than before has wrapped: the wrap is counted and the value extended
+(``Vtep.counter_wraps``), exact as long as it is read at least once per wrap (2**32 frames:
+about 4.5 minutes of minimum-size frames at 125 MHz x 8 bytes). A 64-bit counter that reads
+lower cannot have wrapped: the device was reset or its counters cleared by someone else, and
+:class:`CounterReset` says which counters went back.
 """
 
 import time
@@ -22,7 +30,8 @@ from .driver import DeviceError
 from .headers import DropReason, Port
 from .tables import BANKS, KEY_BITS, SLOTS, Geometry, compile_tables
 
-__all__ = ["Vtep", "VtepError", "format_dump"]
+__all__ = ["COUNTER_BITS", "CounterReset", "CounterTracker", "Vtep", "VtepError",
+           "format_dump"]
 
 # Where VtepTop puts things on the bridge's bus (see openvtep.hdl.top; repeated here so the
 # host does not import the gateware).
@@ -37,8 +46,60 @@ STAGING_USED = -(-max(SLOTS * rm.layout_bits(rm.EXACT_ENTRY), rm.layout_bits(rm.
                       rm.layout_bits(rm.COUNTER_ENTRY)) // 32)
 
 
+# Widths of VtepTop's hardware counters: per-port and per-rule counters are 64-bit
+# (hdl.bus.CounterBlock, the classifier's counter table), the editor's drop counters 32-bit.
+COUNTER_BITS = {"ports": 64, "rules": 64, "drops": 32}
+
+
 class VtepError(DeviceError):
     """The device is not a VTEP top, or its tables do not hold what was loaded."""
+
+
+class CounterReset(VtepError):
+    """Counters read lower than before without a clear from this session: the device was
+    reset or cleared by someone else. ``counters`` names them (``ports.net.rx_bytes``, ...);
+    ``stats`` is the reading, counted from the reset on, as later readings will be."""
+
+    def __init__(self, url, counters, stats, detail):
+        self.counters = counters
+        self.stats = stats
+        super().__init__(url, "counters", f"{len(counters)} counter(s) went back without a "
+                         f"clear from this session (device reset or cleared elsewhere): "
+                         f"{detail}")
+
+
+class CounterTracker:
+    """The last raw reading of every counter, to extend counters narrower than 64 bits over
+    their wraps and to notice counters that go back.
+
+    ``update(readings)`` takes ``{name: (raw, bits)}`` and returns ``({name: extended},
+    went_back)``: a counter that reads lower than last time has wrapped if it is narrower
+    than 64 bits (``wraps[name]`` counts it, the value is extended by ``wraps << bits``); a
+    64-bit one cannot wrap, so it is listed in ``went_back`` with its two readings. If any
+    64-bit counter went back, the device was reset: the narrow ones that went back with it
+    are not wraps, and every counter starts over from this reading."""
+
+    def __init__(self):
+        self.last = {}
+        self.wraps = {}
+
+    def forget(self, names=None):
+        """Start ``names`` (default: all) over, e.g. after clearing them."""
+        for name in list(self.last) if names is None else names:
+            self.last.pop(name, None)
+            self.wraps.pop(name, None)
+
+    def update(self, readings):
+        went_back = [(name, self.last[name], raw) for name, (raw, bits) in readings.items()
+                     if name in self.last and raw < self.last[name] and bits >= 64]
+        if went_back:
+            self.forget(readings)
+        for name, (raw, bits) in readings.items():
+            if name in self.last and raw < self.last[name]:
+                self.wraps[name] = self.wraps.get(name, 0) + 1
+            self.last[name] = raw
+        return ({name: self.wraps.get(name, 0) << bits | raw
+                 for name, (raw, bits) in readings.items()}, went_back)
 
 
 def _words(value, bits):
@@ -55,11 +116,15 @@ class Vtep:
     """A VTEP device behind ``device`` (an open :class:`openvtep.driver.Device`).
 
     ``progress``: a callable taking a message string (e.g. ``print``), or None.
+    ``counter_bits``: widths of the device's counters, if not :data:`COUNTER_BITS` (a
+    build with narrower counters).
     """
 
-    def __init__(self, device, *, progress=None):
+    def __init__(self, device, *, progress=None, counter_bits=None):
         self.device = device
         self.progress = progress
+        self.counter_bits = {**COUNTER_BITS, **(counter_bits or {})}
+        self._tracker = CounterTracker()
         top_id = self._read(TOP_BASE)
         if top_id != TOP_ID:
             raise VtepError(device.url, "identify", f"not an openvtep VTEP top (id word "
@@ -73,6 +138,7 @@ class Vtep:
         self.ruleset = None
         self.image = None
         self.stats = {"load_writes": 0, "verify_entries": 0}
+        # Extended drop counts at the last clear: the drop counters cannot be written.
         self._drops_base = {reason: 0 for reason in DropReason}
         # Rule indices whose counters may be nonzero: unknown (all) until this session loads.
         self._used_indices = self.geometry.rules
@@ -162,6 +228,7 @@ class Vtep:
         self._say(f"loading {len(ruleset)} rules: {len(writes)} words")
         self.device.write_batch(writes)
         self.device.write(TOP_TABLES, LOADED_MARK)
+        self._tracker.forget([n for n in self._tracker.last if n.startswith("rules.")])
         self._used_indices = max(self._used_indices, len(image.rules))
         self.stats["load_writes"] += len(writes)
         self.image, self.ruleset = image, ruleset
@@ -191,6 +258,11 @@ class Vtep:
 
     # --- Counters -------------------------------------------------------------------------
 
+    @property
+    def counter_wraps(self):
+        """``{counter name: wraps}`` of the narrow counters that wrapped and were extended."""
+        return dict(self._tracker.wraps)
+
     def clear_counters(self):
         """Zero the rule and port counters; the drop counters (read-only in the gateware)
         count on, so :meth:`counters` reports them from here on."""
@@ -202,32 +274,56 @@ class Vtep:
             for name in rm.PORT_COUNTERS:
                 writes.append((PIPELINE_BASE + rm.port_counter_address(port, name), 0))
         self.device.write_batch(writes)
-        self._drops_base = self._raw_drops()
+        self._tracker.forget([n for n in self._tracker.last if not n.startswith("drops.")])
+        drops = self._extend(self._raw_readings(rules=False))[0]
+        self._drops_base = {reason: drops[f"drops.{reason.label}"] for reason in DropReason}
 
-    def _raw_drops(self):
+    def _raw_readings(self, rules=True):
+        """``{name: (raw value, bits)}`` of every counter (the rules' if ``rules`` and a rule
+        set is loaded); names as in :class:`CounterReset`."""
+        bits = self.counter_bits
+        values = self.device.read_counters(PIPELINE_BASE + rm.PORTS, len(Port) * 4)
+        out = {f"ports.{port.label}.{name}": (values[4 * port + c], bits["ports"])
+               for port in Port for c, name in enumerate(rm.PORT_COUNTERS)}
         words = self.device.read_block(PIPELINE_BASE + rm.DROPS, len(DropReason))
-        return {reason: words[reason] for reason in DropReason}
+        out.update({f"drops.{reason.label}": (words[reason], bits["drops"])
+                    for reason in DropReason})
+        if rules and self.image is not None:
+            entry_bits = rm.layout_bits(rm.COUNTER_ENTRY)
+            for index, rule in enumerate(self.image.rules):
+                entry = rm.unpack_fields(rm.COUNTER_ENTRY,
+                                         self.read_entry(rm.TABLE_COUNTER, index, entry_bits))
+                out[f"rules.{rule.line}.n_packets"] = (entry["packets"], bits["rules"])
+                out[f"rules.{rule.line}.n_bytes"] = (entry["bytes"], bits["rules"])
+        return out
+
+    def _extend(self, readings):
+        values, went_back = self._tracker.update(readings)
+        if went_back:
+            self._drops_base = {reason: 0 for reason in DropReason}
+        return values, went_back
 
     def counters(self):
         """The stats.json dictionary: ``rules`` (file order, with line and text; by hardware
-        index if no rule set was loaded in this session), ``ports``, ``drops``."""
-        values = self.device.read_counters(PIPELINE_BASE + rm.PORTS, len(Port) * 4)
-        ports = {port.label: {name: values[4 * port + c]
-                              for c, name in enumerate(rm.PORT_COUNTERS)} for port in Port}
-        raw = self._raw_drops()
-        drops = {reason.label: (raw[reason] - self._drops_base[reason]) & 0xFFFFFFFF
+        index if no rule set was loaded in this session), ``ports``, ``drops``.
+
+        Narrow counters are extended over their wraps (:attr:`counter_wraps`); a counter that
+        went back without a clear from this session raises :class:`CounterReset` (naming it,
+        with this reading; the next one counts from the reset)."""
+        values, went_back = self._extend(self._raw_readings())
+        ports = {port.label: {name: values[f"ports.{port.label}.{name}"]
+                              for name in rm.PORT_COUNTERS} for port in Port}
+        drops = {reason.label: values[f"drops.{reason.label}"] - self._drops_base[reason]
                  for reason in DropReason}
-        rules = []
-        if self.image is not None:
-            bits = rm.layout_bits(rm.COUNTER_ENTRY)
-            by_line = {}
-            for index, rule in enumerate(self.image.rules):
-                entry = rm.unpack_fields(rm.COUNTER_ENTRY,
-                                         self.read_entry(rm.TABLE_COUNTER, index, bits))
-                by_line[rule.line] = entry
-            rules = [{"line": r.line, "rule": r.text, "n_packets": by_line[r.line]["packets"],
-                      "n_bytes": by_line[r.line]["bytes"]} for r in self.ruleset]
-        return {"rules": rules, "ports": ports, "drops": drops}
+        rules = [{"line": r.line, "rule": r.text, "n_packets": values[f"rules.{r.line}.n_packets"],
+                  "n_bytes": values[f"rules.{r.line}.n_bytes"]}
+                 for r in (self.ruleset if self.image is not None else ())]
+        stats = {"rules": rules, "ports": ports, "drops": drops}
+        if went_back:
+            raise CounterReset(self.device.url, [name for name, _, _ in went_back], stats,
+                               ", ".join(f"{name} from {old} to {new}"
+                                         for name, old, new in went_back[:4]))
+        return stats
 
     def dump_rules(self, stats=None):
         """The loaded rules, ``ovs-ofctl dump-flows`` style, with their counters."""
