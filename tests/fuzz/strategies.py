@@ -1,9 +1,13 @@
 """Hypothesis strategies for the fuzz tests: frames, rule texts, configs, pcaps, messages.
 
-Frames come three ways: raw random bytes; scapy stacks (Ether / Dot1Q / IP / UDP / VXLAN /
+Frames come four ways: raw random bytes; scapy stacks (Ether / Dot1Q / IP / UDP / VXLAN /
 inner Ether / IP / TCP|UDP) whose fields are randomized by scapy's own ``fuzz()`` (seeded from
-hypothesis, so a failure replays); and valid VXLAN frames to the VTEP with a few bytes
-mutated or the frame cut short, which is what reaches the decap checks.
+hypothesis, so a failure replays); valid VXLAN frames to the VTEP with a few bytes mutated or
+the frame cut short; and valid VXLAN frames with header fields set at or next to what each
+decap check tests, the checksum made right again (:func:`header_fuzzed_vxlan_frames`).
+
+Also: comparing two engines' results frame by frame (:func:`outputs_by_frame`,
+:func:`frame_mismatches`, :func:`describe_mismatch`).
 """
 
 import random
@@ -34,9 +38,10 @@ LAYERS = ("outer_ether", "outer_dot1q", "outer_ip", "outer_udp", "vxlan", "ether
           "ip", "l4")
 
 
-def _stack(rng, fuzzed=()):
-    """A VXLAN frame to the VTEP (or, one time in four, a plain frame), as scapy layers; the
-    layers named in ``fuzzed`` get scapy's random field values."""
+def _stack(rng, fuzzed=(), outer=None):
+    """A VXLAN frame to the VTEP (or, one time in four, a plain frame; ``outer`` True or
+    False decides), as scapy layers; the layers named in ``fuzzed`` get scapy's random field
+    values."""
     def layer(name, packet):
         return fuzz(packet) if name in fuzzed else packet
 
@@ -47,8 +52,9 @@ def _stack(rng, fuzzed=()):
     proto = TCP if rng.random() < 0.5 else UDP
     inner.append(layer("l4", proto(sport=rng.randrange(65536), dport=rng.randrange(65536))))
     inner.append(Raw(b"x" * rng.randrange(0, 40)))
+    use_outer = rng.random() < 0.75 if outer is None else outer
     outer = []
-    if rng.random() < 0.75:
+    if use_outer:
         outer.append(layer("outer_ether", Ether(dst="02:00:00:00:01:01",
                                                 src="02:00:00:00:01:fe")))
         if rng.random() < 0.2:
@@ -90,6 +96,68 @@ def mutated_vxlan_frames(draw):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     if draw(st.booleans()):
         data = data[:draw(st.integers(0, len(data)))]
+    return Port.NET, bytes(data)
+
+
+def _ipv4_checksum(header):
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# VXLAN header fields by offset from the outer IPv4 header (l2), width, and values near the
+# checks of docs/semantics.md step 2 (None: the field's correct value; a callable: of it).
+def _near_length(v):
+    return [v, v - 1, v + 1, v - 8, v + 8, 0, 0xFFFF]
+
+
+VXLAN_FIELDS = {
+    "ethertype": (-2, 2, lambda v: [0x0800, 0x8100, 0x86DD, 0x0806]),
+    "ver_ihl": (0, 1, lambda v: [0x45, 0x44, 0x46, 0x4F, 0x55, 0x65, 0x05]),
+    "total_length": (2, 2, _near_length),
+    "flags_fragment": (6, 2, lambda v: [0x0000, 0x2000, 0x4000, 0x6000, 0x0001, 0x1FFF]),
+    "protocol": (9, 1, lambda v: [17, 6, 1, 0x11 ^ 0x80]),
+    "ip_dst": (16, 4, lambda v: [v, v ^ 1, v ^ 0x80000000, 0xFFFFFFFF]),
+    "udp_dport": (22, 2, lambda v: [v, v ^ 1, v + 1, 8472, 0]),
+    "udp_length": (24, 2, _near_length),
+    "udp_checksum": (26, 2, lambda v: [0, 0xFFFF, 0x1234]),
+    "vxlan_flags": (28, 1, lambda v: [0x08, 0x00, 0x0C, 0xF7, 0xFF, 0x80]),
+    "vxlan_reserved": (29, 3, lambda v: [0, 0xFFFFFF, 1]),
+    "vni": (32, 3, lambda v: [42, 43, 7, 0, 0xFFFFFF, 42 ^ 0x800000]),
+    "inner_ethertype": (48, 2, lambda v: [0x0800, 0x8100, 0x0806, 0x88A8, 0]),
+}
+
+
+@st.composite
+def header_fuzzed_vxlan_frames(draw):
+    """A valid VXLAN frame to the VTEP with one to three header fields (outer EtherType,
+    IPv4 version/IHL, lengths, fragment bits, protocol, destination, UDP port, length and
+    checksum, VXLAN flags, reserved bits, VNI, inner EtherType) set to values at or next to
+    what the decap checks test; then the IPv4 checksum mostly made right again, so the frame
+    gets past it; maybe cut at a header boundary, with its lengths made to agree or not."""
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    data = bytearray(bytes(_stack(rng, outer=True)))
+    l2 = 18 if data[12:14] == b"\x81\x00" else 14
+    for name in draw(st.lists(st.sampled_from(sorted(VXLAN_FIELDS)), min_size=1, max_size=3)):
+        offset, size, values = VXLAN_FIELDS[name]
+        at = l2 + offset
+        if at + size > len(data):
+            continue
+        current = int.from_bytes(data[at:at + size], "big")
+        value = draw(st.one_of(st.sampled_from(values(current)),
+                               st.integers(0, (1 << 8 * size) - 1)))
+        data[at:at + size] = (value % (1 << 8 * size)).to_bytes(size, "big")
+    if draw(st.booleans()):
+        cut = draw(st.sampled_from([l2 + 19, l2 + 20, l2 + 27, l2 + 28, l2 + 49, l2 + 50,
+                                    l2 + 53, l2 + 54, l2 + 64]))
+        data = data[:cut]
+        if draw(st.booleans()) and len(data) >= l2 + 28:  # lengths that agree with the cut
+            data[l2 + 2:l2 + 4] = (len(data) - l2).to_bytes(2, "big")
+            data[l2 + 24:l2 + 26] = (len(data) - l2 - 20).to_bytes(2, "big")
+    if len(data) >= l2 + 20 and draw(st.integers(0, 9)) < 8:
+        data[l2 + 10:l2 + 12] = b"\0\0"
+        data[l2 + 10:l2 + 12] = _ipv4_checksum(bytes(data[l2:l2 + 20])).to_bytes(2, "big")
     return Port.NET, bytes(data)
 
 
@@ -170,3 +238,50 @@ def mutated_pcaps(draw, valid):
     if draw(st.booleans()) and len(data) >= 40:  # a record length field set to anything
         struct.pack_into("<I", data, 32, draw(st.integers(0, 2**32 - 1)))
     return bytes(data)
+
+# --- Engines, frame by frame ----------------------------------------------------------------
+
+
+def outputs_by_frame(result, n):
+    """Per input frame (timestamps 0..n-1, as ``FrameBatch.from_frames`` gives them): its
+    outputs ``[(Port, bytes)]``, by port, each port's in emission order. The reference model's
+    and the rtl engine's results compare frame by frame this way."""
+    out = [[] for _ in range(n)]
+    for port in Port:
+        batch = result.outputs[port]
+        for t, frame in zip(batch.time_ns.tolist(), batch.frames()):
+            out[t].append((port, frame))
+    return out
+
+
+def frame_mismatches(ref, rtl, n):
+    """Indices of the input frames whose outputs, matched rule or drop reason differ between
+    two results (:class:`openvtep.reference.Result`, :class:`openvtep.rtl_engine.RtlResult`)."""
+    a, b = outputs_by_frame(ref, n), outputs_by_frame(rtl, n)
+    return [i for i in range(n) if a[i] != b[i] or int(ref.rule[i]) != int(rtl.rule[i])
+            or int(ref.drop[i]) != int(rtl.drop[i])]
+
+
+def describe_mismatch(ref, rtl, frames, i):
+    """A report of input frame ``i`` (of ``frames``, ``(port, bytes)`` pairs): its bytes, and
+    what each engine did with it."""
+    from openvtep.headers import DropReason
+    from openvtep.sim.stream import hexdiff
+
+    def verdict(result):
+        drop = int(result.drop[i])
+        return f"rule {int(result.rule[i])}, " + (f"dropped {DropReason(drop).label}"
+                                                  if drop >= 0 else "emitted")
+
+    port, data = frames[i]
+    want = outputs_by_frame(ref, len(frames))[i]
+    got = outputs_by_frame(rtl, len(frames))[i]
+    lines = [f"frame {i} on {Port(port).label} ({len(data)} bytes): {data.hex()}",
+             f"  reference: {verdict(ref)}, outputs {[(p.label, len(f)) for p, f in want]}",
+             f"  gateware:  {verdict(rtl)}, outputs {[(p.label, len(f)) for p, f in got]}"]
+    for (pw, w), (pg, g) in zip(want, got):
+        if (pw, w) != (pg, g):
+            lines.append(f"  first differing output ({pw.label} vs {pg.label}):\n"
+                         + hexdiff(w, g))
+            break
+    return "\n".join(lines)
