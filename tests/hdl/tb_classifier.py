@@ -12,7 +12,6 @@ import random
 import time
 
 import cocotb
-import flow_rules
 import vtep_frames as vf
 
 from openvtep import regmap as rm
@@ -21,6 +20,7 @@ from openvtep.hdl.classifier import Verdict
 from openvtep.hdl.headers import EditCommand, ParsedHeaders, pack, unpack
 from openvtep.headers import DropReason
 from openvtep.reference import Reference, parse
+from openvtep.sim import flow_rules
 from openvtep.sim.cocotb_runner import test_params, test_seed
 from openvtep.sim.regbus import RegisterDriver, read_rule_counters
 from openvtep.sim.stream import SimClock

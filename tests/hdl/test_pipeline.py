@@ -10,7 +10,6 @@ The cocotb test is ``openvtep.sim.replay_tb`` (the rtl engine's own).
 import random
 from pathlib import Path
 
-import flow_rules
 import numpy as np
 import pytest
 import vtep_frames as vf
@@ -21,6 +20,7 @@ from openvtep.headers import ENCAP_BYTES, DropReason, Port
 from openvtep.reference import Reference, parse
 from openvtep.rtl_engine import rtl_engine
 from openvtep.rules import load_rules, parse_rules
+from openvtep.sim import flow_rules
 from openvtep.sim.stream import hexdiff
 from openvtep.tables import Geometry
 

@@ -1,21 +1,22 @@
-"""Random rule sets for the classifier and pipeline testbenches: rules of many match shapes
-(so that some land in the exact table's profiles and some in the wildcard table), with
-overlapping priorities, most of them built from the fields of the test's own frames so that
-frames hit them, some from random values (misses), and the expected results of the reference
-model mapped to hardware rule indices.
+"""Random rule sets for the classifier and pipeline testbenches and the soak: rules of many
+match shapes (so that some land in the exact table's profiles and some in the wildcard table),
+with overlapping priorities, most of them built from the fields of the frames they are for so
+that frames hit them, some from random values (misses).
 """
 
 import random
 
 import numpy as np
 
-from openvtep.addr import format_ipv4, format_mac
-from openvtep.errors import RuleError
-from openvtep.frames import FrameBatch
-from openvtep.headers import IPPROTO_TCP, IPPROTO_UDP, NO_VLAN, Port
-from openvtep.reference import parse
-from openvtep.rules import parse_rules
-from openvtep.tables import Geometry, compile_tables
+from ..addr import format_ipv4, format_mac
+from ..errors import RuleError
+from ..frames import FrameBatch
+from ..headers import IPPROTO_TCP, IPPROTO_UDP, NO_VLAN, Port
+from ..reference import parse
+from ..rules import parse_rules
+from ..tables import Geometry, compile_tables
+
+__all__ = ["frame_fields", "random_ruleset", "ruleset_for"]
 
 # Match shapes: each a tuple of field specs. "ip"/"l4"/"arp" add the prerequisites.
 SHAPES = [
