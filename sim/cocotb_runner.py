@@ -47,7 +47,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["TIMESCALE", "CocotbFailure", "run_cocotb", "test_params", "test_seed"]
+__all__ = ["TIMESCALE", "CocotbFailure", "build_root", "run_cocotb", "test_params", "test_seed",
+           "verilog_source"]
 
 TIMESCALE = ("1ns", "1ps")
 
@@ -61,7 +62,8 @@ class CocotbFailure(AssertionError):
     failing cocotb tests with their reasons, and the tail of the simulation log."""
 
 
-def _build_root():
+def build_root():
+    """The folder of the cached builds (``build/sim``, or ``$OPENVTEP_SIM_BUILD``)."""
     if env := os.environ.get("OPENVTEP_SIM_BUILD"):
         return Path(env).resolve()
     repo = Path(__file__).resolve().parent.parent
@@ -175,7 +177,7 @@ def _index_path(name, design_key, waves):
     roots = [item.__module__ for item in items if isinstance(item, type)]
     key = hashlib.sha256("\0".join([text, name, repr(TIMESCALE), str(waves),
                                      _source_digest(roots)]).encode()).hexdigest()[:16]
-    return _build_root() / "index" / f"{name}-{key}"
+    return build_root() / "index" / f"{name}-{key}"
 
 
 def _indexed_build(index):
@@ -220,7 +222,7 @@ def _build_rtlil(component, name, *, waves, build_args=()):
     rtlil_text = rtlil.convert(component, name=name)
     key = hashlib.sha256("\0".join([rtlil_text, name, repr(TIMESCALE), str(waves),
                                     *build_args]).encode()).hexdigest()[:16]
-    root = _build_root()
+    root = build_root()
     final = root / f"{name}-{key}"
     if (final / "sim.vvp").is_file():
         return final
@@ -245,6 +247,13 @@ def _build_rtlil(component, name, *, waves, build_args=()):
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def verilog_source(component, name, *, design_key=None):
+    """The Verilog of ``component`` (as ``amaranth.back.verilog.convert(component, name=name)``
+    gives it): ``<name>.v`` in its cached build, found or made as :func:`run_cocotb` does
+    (``component`` and ``design_key`` as there), for other simulators to compile."""
+    return _build(component, name, waves=False, design_key=design_key) / f"{name}.v"
 
 
 def _module_spec(module):
