@@ -7,10 +7,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT_STAMP := .cache/apt.stamp
 # Debian packages the tests and simulations need, as "command:package" pairs.
-APT_TOOLS := iverilog:iverilog tshark:tshark ovs-ofctl:openvswitch-common ip:iproute2
+APT_TOOLS := iverilog:iverilog tshark:tshark ovs-ofctl:openvswitch-common ip:iproute2 \
+	verilator:verilator
 PYTEST_ARGS ?=
+SOAK_ARGS ?= --frames 1000000 --report out/soak.json
 
-.PHONY: run test test-slow formal formal-slow boards bench lint deps clean
+.PHONY: run test test-slow formal formal-slow boards bench soak lint deps clean
 
 run: deps
 	$(BIN)/openvtep run
@@ -34,6 +36,11 @@ boards: deps
 bench: deps
 	mkdir -p out
 	$(BIN)/openvtep bench ref --json out/bench-ref.json --plot out/bench-ref.png
+
+# 1,000,000 frames through the Verilator-simulated pipeline, checked against the reference.
+soak: deps
+	mkdir -p out
+	$(BIN)/python -m openvtep.sim.soak $(SOAK_ARGS)
 
 lint: deps
 	$(BIN)/ruff check hdl host sim boards tests
