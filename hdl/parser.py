@@ -5,7 +5,7 @@ length checks, the VXLAN tunnel-candidate checks in their documented order (RFC 
 checksum, RFC 7348 §5 VXLAN I flag), decapsulation, and the match fields of the (inner) frame.
 """
 
-from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,7 +23,8 @@ from .headers import (
 )
 from .stream import packet_signature
 
-__all__ = ["INNER_WINDOW_BYTES", "WINDOW_BYTES", "Parser", "ones_complement_sum"]
+__all__ = ["INNER_WINDOW_BYTES", "WINDOW_BYTES", "Parser", "ones_complement_fold",
+           "ones_complement_sum"]
 
 _TAGGED_L2 = h.ETH_BYTES + h.VLAN_BYTES
 _TUNNEL_HEADERS = h.IPV4_BYTES + h.UDP_BYTES + h.VXLAN_BYTES  # 36: after the outer L2 header
@@ -39,8 +40,12 @@ _LENGTH_MAX = 0xFFFF  # the byte count saturates here (any longer frame is overs
 def ones_complement_sum(words):
     """RFC 1071 one's-complement sum of up to 2**16 16-bit values, folded to 16 bits
     (combinational). A correct IPv4 header, checksum included, sums to 0xFFFF."""
-    total = sum(words[1:], words[0])
-    total = total[:16] + total[16:]       # at most 0xFFFF + 0xFFFF: 17 bits
+    return ones_complement_fold(sum(words[1:], words[0]))
+
+
+def ones_complement_fold(total):
+    """Fold a plain sum of up to 2**16 16-bit values to their 16-bit one's-complement sum."""
+    total = total[:16] + total[16:32]     # at most 0xFFFF + 0xFFFF: 17 bits
     return (total[:16] + total[16])[:16]  # the end-around carry cannot carry again
 
 
@@ -60,12 +65,13 @@ class Parser(wiring.Component):
     Beats go from ``i`` to ``o`` unchanged and without delay (``o`` is a combinational view of
     ``i``; ``i.ready`` is ``o.ready`` gated by the record queue's space). For every frame, one
     :class:`~openvtep.hdl.headers.ParsedHeaders` record leaves on ``o_hdr``, in frame order,
-    3 to 4 cycles after the frame's last beat: the verdict (``drop``/``reason``), whether and how
+    4 to 5 cycles after the frame's last beat: the verdict (``drop``/``reason``), whether and how
     much to decapsulate, and the match fields of the (inner) frame. The frame's ``port`` (on
     ``i``, constant over the frame) is sampled on its last beat.
 
-    Latency: 0 cycles for beats; the record is computed in two pipeline stages from a window
-    of the frame's first :data:`WINDOW_BYTES` bytes, then queued (``queue_depth`` records).
+    Latency: 0 cycles for beats; the record is computed in three pipeline stages from a window
+    of the frame's first :data:`WINDOW_BYTES` bytes (the checks' operands; the verdict and
+    decapsulation; the inner frame's match fields), then queued (``queue_depth`` records).
 
     Backpressure: beats and records are independent streams; ``i`` stalls only while
     ``queue_depth`` frames have ended whose records were not yet taken from ``o_hdr``. An invalid
@@ -79,7 +85,7 @@ class Parser(wiring.Component):
     config : openvtep.config.VtepConfig
         ``local_ip``, ``udp_port`` and ``max_frame`` are used.
     queue_depth : int
-        Records that may wait on ``o_hdr`` (>= 4; the pipeline holds up to 3 more).
+        Records that may wait on ``o_hdr`` (>= 4; the pipeline holds up to 4 more).
     """
 
     def __init__(self, width, config, *, queue_depth=8):
@@ -147,7 +153,10 @@ class Parser(wiring.Component):
                     s1_port.eq(self.i.p.port),
                 ]
 
-        # --- Stage 1: length checks, tunnel-candidate checks, decap (steps 1-2). -------------
+        # --- Stage 1: the checks' operands (steps 1-2), from the window while it is intact. ---
+        # Each condition is registered on its own, the IPv4 header sum unfolded, and the window
+        # copied whole: stage 2 decides and decapsulates from these registers alone, so no path
+        # runs from the window through the checksum to the inner frame's bytes.
         length = s1_length
         eth = from_wire(Ethernet, _bytes(window, 0, h.ETH_BYTES))
         tagged = eth.type == h.ETHERTYPE_VLAN
@@ -158,24 +167,27 @@ class Parser(wiring.Component):
             return Mux(tagged, _bytes(window, _TAGGED_L2 + offset, count),
                        _bytes(window, h.ETH_BYTES + offset, count))
 
-        ip_raw = at_l2(0, h.IPV4_BYTES)
-        ip = from_wire(IPv4, ip_raw)
+        ip = from_wire(IPv4, at_l2(0, h.IPV4_BYTES))
         udp = from_wire(UDP, at_l2(h.IPV4_BYTES, h.UDP_BYTES))
         vxlan = from_wire(VXLAN, at_l2(h.IPV4_BYTES + h.UDP_BYTES, h.VXLAN_BYTES))
-        ip_sum = ones_complement_sum(
-            [byteswap(ip_raw[16 * k:16 * (k + 1)], 2) for k in range(h.IPV4_BYTES // 2)])
+
+        def header_sum(l2_bytes):  # the unfolded sum of the IPv4 header's 16-bit words
+            raw = _bytes(window, l2_bytes, h.IPV4_BYTES)
+            words = [byteswap(raw[16 * k:16 * (k + 1)], 2) for k in range(h.IPV4_BYTES // 2)]
+            return sum(words[1:], words[0])
 
         candidate = ((s1_port == Port.NET) & (etype == h.ETHERTYPE_IPV4) &
                      (length >= l2 + h.IPV4_BYTES) & (ip.dst == cfg.local_ip) &
                      (ip.proto == h.IPPROTO_UDP))
-        # (condition, reason or None for "not a tunnel") in the documented order.
+        # (condition, reason or None for "not a tunnel") in the documented order; the checksum
+        # (None here) is completed in stage 2.
         checks = [
             (length < h.MIN_FRAME, DropReason.RUNT),
             (length > cfg.max_frame, DropReason.OVERSIZE),
             (tagged & (length < _TAGGED_L2), DropReason.TRUNCATED),
             (~candidate, None),
             (ip.ver_ihl != 0x45, DropReason.BAD_IP_HEADER),
-            (ip_sum != 0xFFFF, DropReason.BAD_IP_CHECKSUM),
+            (None, DropReason.BAD_IP_CHECKSUM),
             (ip.total_length != length - l2, DropReason.BAD_IP_LENGTH),
             ((ip.flags_frag & (h.IPV4_MF | h.IPV4_FRAG_OFFSET)) != 0, DropReason.IP_FRAGMENT),
             (length < l2 + h.IPV4_BYTES + h.UDP_BYTES, DropReason.TRUNCATED),
@@ -184,13 +196,41 @@ class Parser(wiring.Component):
             (length < l2 + _TUNNEL_HEADERS + h.ETH_BYTES, DropReason.TRUNCATED),
             ((vxlan.flags & h.VXLAN_FLAG_I) == 0, DropReason.VXLAN_FLAGS),
         ]
+
+        c_valid = Signal()
+        c_failed = Signal(len(checks))   # bit k: checks[k] fails
+        c_sum = Signal(20)               # the IPv4 header sum, unfolded
+        c_window = Signal.like(window)
+        c_tagged = Signal()
+        c_length = Signal(16)
+        c_port = Signal(Port)
+        c_vni = Signal(24)
+        c_ip_src = Signal(32)
+        m.d.sync += c_valid.eq(s1_valid)
+        with m.If(s1_valid):
+            m.d.sync += [
+                c_failed.eq(Cat(*(0 if condition is None else condition
+                                  for condition, _ in checks))),
+                c_sum.eq(Mux(tagged, header_sum(_TAGGED_L2), header_sum(h.ETH_BYTES))),
+                c_window.eq(window),
+                c_tagged.eq(tagged),
+                c_length.eq(length),
+                c_port.eq(s1_port),
+                c_vni.eq(vxlan.vni),
+                c_ip_src.eq(ip.src),
+            ]
+
+        # --- Stage 2: the verdict and decapsulation. -----------------------------------------
+        ip_sum = ones_complement_fold(c_sum)
+        failed = [c_failed[k] if condition is not None else ip_sum != 0xFFFF
+                  for k, (condition, _) in enumerate(checks)]
         # A priority chain of plain expressions (not m.If): Icarus may leave an always @*
         # block X until one of its inputs moves; continuous assignments have no such issue.
         drop1 = Signal()
         reason1 = Signal(DropReason)
         decap1 = Signal()
         drop_expr, reason_expr, decap_expr = 0, 0, 1
-        for condition, reason in reversed(checks):
+        for condition, (_, reason) in reversed(list(zip(failed, checks))):
             drop_expr = Mux(condition, reason is not None, drop_expr)
             reason_expr = Mux(condition, 0 if reason is None else reason, reason_expr)
             decap_expr = Mux(condition, 0, decap_expr)
@@ -199,32 +239,32 @@ class Parser(wiring.Component):
         strip_plain = h.ETH_BYTES + _TUNNEL_HEADERS    # 50
         strip_tagged = _TAGGED_L2 + _TUNNEL_HEADERS    # 54
         inner1 = Mux(decap1,
-                     Mux(tagged, _bytes(window, strip_tagged, INNER_WINDOW_BYTES),
-                         _bytes(window, strip_plain, INNER_WINDOW_BYTES)),
-                     _bytes(window, 0, INNER_WINDOW_BYTES))
+                     Mux(c_tagged, _bytes(c_window, strip_tagged, INNER_WINDOW_BYTES),
+                         _bytes(c_window, strip_plain, INNER_WINDOW_BYTES)),
+                     _bytes(c_window, 0, INNER_WINDOW_BYTES))
 
         s2_valid = Signal()
         s2 = Signal(ParsedHeaders)
         s2_inner = Signal(8 * INNER_WINDOW_BYTES)
         s2_inner_length = Signal(16)
-        m.d.sync += s2_valid.eq(s1_valid)
-        with m.If(s1_valid):
-            strip = Mux(decap1, Mux(tagged, strip_tagged, strip_plain), 0)
+        m.d.sync += s2_valid.eq(c_valid)
+        with m.If(c_valid):
+            strip = Mux(decap1, Mux(c_tagged, strip_tagged, strip_plain), 0)
             m.d.sync += [
                 s2.eq(0),
-                s2.length.eq(length),
-                s2.port.eq(s1_port),
+                s2.length.eq(c_length),
+                s2.port.eq(c_port),
                 s2.drop.eq(drop1),
                 s2.reason.eq(reason1),
                 s2.decap.eq(decap1),
                 s2.strip.eq(strip),
-                s2.tun_id.eq(Mux(decap1, vxlan.vni, 0)),
-                s2.tun_src.eq(Mux(decap1, ip.src, 0)),
+                s2.tun_id.eq(Mux(decap1, c_vni, 0)),
+                s2.tun_src.eq(Mux(decap1, c_ip_src, 0)),
                 s2_inner.eq(inner1),
-                s2_inner_length.eq(length - strip),
+                s2_inner_length.eq(c_length - strip),
             ]
 
-        # --- Stage 2: match fields of the (inner) frame (step 3). ----------------------------
+        # --- Stage 3: match fields of the (inner) frame (step 3). ----------------------------
         ilen = s2_inner_length
         ieth = from_wire(Ethernet, _bytes(s2_inner, 0, h.ETH_BYTES))
         itagged = ieth.type == h.ETHERTYPE_VLAN
