@@ -24,7 +24,7 @@ from .headers import (
     port_packet_layout,
     to_wire,
 )
-from .parser import ones_complement_sum
+from .parser import ones_complement_fold
 from .stream import packet_signature
 
 __all__ = ["HEADER_BYTES", "Editor", "tunnel_src_port"]
@@ -79,8 +79,9 @@ class Editor(wiring.Component):
     freed after the copy. Per output port frames stay in input order; on the shared ``o`` the
     copy costs its own ``ceil(n_in / W)`` beats.
 
-    Latency: from a frame's last input beat to its first output beat, about 5 cycles after its
-    record and command are both available (more when the output is still busy).
+    Latency: from a frame's last input beat to its first output beat, about 6 cycles after its
+    record and command are both available (more when the output is still busy): the join takes
+    two stages (the decisions, then the headers and the plan), the output engine two.
 
     Backpressure: ``i`` stalls while the buffer has no free word or ``frames`` frames are
     stored; ``o`` may stall at any time (``o.valid``/``o.payload`` hold).
@@ -182,8 +183,15 @@ class Editor(wiring.Component):
         m.submodules.plans = plans = fifo.SyncFIFOBuffered(
             width=desc_layout.size, depth=self.frames)
         join_ptr = Signal(abits + 1)   # first word of the next frame to join
-        m.d.comb += joined.eq(self.i_hdr.valid & self.i_cmd.valid & (unjoined != 0) &
-                              plans.w_rdy)
+        # The join is two stages: J takes a record and command and registers what they decide
+        # (port, lengths, VLAN, MACs), P computes the headers from those registers and queues
+        # the plan (so no path runs from the classifier's verdict through the checksum).
+        j_valid = Signal()
+        j_ready = Signal()
+        m.d.comb += [
+            j_ready.eq(~j_valid | plans.w_rdy),
+            joined.eq(self.i_hdr.valid & self.i_cmd.valid & (unjoined != 0) & j_ready),
+        ]
         m.d.comb += [self.i_hdr.ready.eq(joined), self.i_cmd.ready.eq(joined)]
 
         words = Signal(range(self.max_words + 1))
@@ -229,53 +237,93 @@ class Editor(wiring.Component):
             header_len.eq(Mux(raw, 0, Mux(encap, h.ENCAP_BYTES, 0) + _MAC_BYTES +
                                       Mux(tagged_out, h.VLAN_BYTES, 0))),
         ]
-        dl_dst = Mux(cmd.set_dl_dst, cmd.dl_dst, rec.dl_dst)
-        dl_src = Mux(cmd.set_dl_src, cmd.dl_src, rec.dl_src)
+        # --- Stage J -> P registers. -------------------------------------------------------
+        j = Signal(data.StructLayout({
+            "drop": 1, "port": 2, "encap": 1, "tci": 16,
+            "skip": range(64 + 16), "header_len": range(HEADER_BYTES + 1), "inner_len": 16,
+            "dl_dst": 48, "dl_src": 48, "dl_type": 16, "nw_src": 32, "nw_dst": 32,
+            "nw_proto": 8, "tp_src": 16, "tp_dst": 16, "tun_dst": 32, "vni": 24, "punt": 1,
+            "length": 16, "join_ptr": abits + 1, "words": range(self.max_words + 1),
+        }))
+        with m.If(joined):
+            m.d.sync += [
+                j_valid.eq(1),
+                j.drop.eq(drop),
+                j.port.eq(port),
+                j.encap.eq(encap),
+                j.tci.eq(tci_out),
+                j.skip.eq(skip),
+                j.header_len.eq(header_len),
+                j.inner_len.eq(inner_len),
+                j.dl_dst.eq(Mux(cmd.set_dl_dst, cmd.dl_dst, rec.dl_dst)),
+                j.dl_src.eq(Mux(cmd.set_dl_src, cmd.dl_src, rec.dl_src)),
+                j.dl_type.eq(rec.dl_type),
+                j.nw_src.eq(rec.nw_src),
+                j.nw_dst.eq(rec.nw_dst),
+                j.nw_proto.eq(rec.nw_proto),
+                j.tp_src.eq(rec.tp_src),
+                j.tp_dst.eq(rec.tp_dst),
+                j.tun_dst.eq(cmd.tun_dst),
+                j.vni.eq(Mux(cmd.set_vni, cmd.vni, rec.tun_id)),
+                j.punt.eq(cmd.punt & ~raw),
+                j.length.eq(rec.length),
+                j.join_ptr.eq(join_ptr),
+                j.words.eq(words),
+            ]
+        with m.Elif(plans.w_rdy):
+            m.d.sync += j_valid.eq(0)
+
+        # --- Stage P: the output header and the plan. ---------------------------------------
+        dl_dst, dl_src = j.dl_dst, j.dl_src
         inner_header = Cat(
             to_wire(Ethernet, {"dst": dl_dst, "src": dl_src, "type": Const(h.ETHERTYPE_VLAN,
                                                                            16)}),
-            byteswap(tci_out, 2))
+            byteswap(j.tci, 2))
 
+        total_length = Signal(16)
+        m.d.comb += total_length.eq(h.IPV4_BYTES + h.UDP_BYTES + h.VXLAN_BYTES + j.inner_len)
         ip_fields = {
-            "ver_ihl": Const(0x45, 8), "total_length": (h.IPV4_BYTES + h.UDP_BYTES +
-                                                        h.VXLAN_BYTES + inner_len)[:16],
+            "ver_ihl": Const(0x45, 8), "total_length": total_length,
             "flags_frag": Const(h.IPV4_DF, 16), "ttl": Const(cfg.ttl, 8),
             "proto": Const(h.IPPROTO_UDP, 8), "src": Const(cfg.local_ip, 32),
-            "dst": cmd.tun_dst,
+            "dst": j.tun_dst,
         }
-        ip_zero_sum = to_wire(IPv4, ip_fields)
-        ip_sum = ones_complement_sum(
-            [byteswap(ip_zero_sum[16 * k:16 * (k + 1)], 2) for k in range(h.IPV4_BYTES // 2)])
-        sport = tunnel_src_port(dl_dst, dl_src, rec.dl_type, rec.nw_src, rec.nw_dst,
-                                rec.nw_proto, rec.tp_src, rec.tp_dst)
+        # The header's constant words (version/IHL and TOS, flags, TTL and protocol, source
+        # address; identification and checksum are 0) are summed here: the gateware adds three.
+        constant_sum = (0x45 << 8) + h.IPV4_DF + (cfg.ttl << 8 | h.IPPROTO_UDP) + \
+            (cfg.local_ip >> 16) + (cfg.local_ip & 0xFFFF)
+        ip_sum = ones_complement_fold(constant_sum + total_length + j.tun_dst[16:32] +
+                                      j.tun_dst[0:16])
+        sport = tunnel_src_port(dl_dst, dl_src, j.dl_type, j.nw_src, j.nw_dst,
+                                j.nw_proto, j.tp_src, j.tp_dst)
         outer_header = Cat(
             to_wire(Ethernet, {"dst": Const(cfg.gateway_mac, 48),
                                "src": Const(cfg.local_mac, 48),
                                "type": Const(h.ETHERTYPE_IPV4, 16)}),
             to_wire(IPv4, {**ip_fields, "checksum": ~ip_sum}),
             to_wire(UDP, {"src_port": sport, "dst_port": Const(cfg.udp_port, 16),
-                          "length": (h.UDP_BYTES + h.VXLAN_BYTES + inner_len)[:16]}),
+                          "length": (h.UDP_BYTES + h.VXLAN_BYTES + j.inner_len)[:16]}),
             to_wire(VXLAN, {"flags": Const(h.VXLAN_FLAG_I, 8),
-                            "vni": Mux(cmd.set_vni, cmd.vni, rec.tun_id)}),
+                            "vni": j.vni}),
         )
 
         delta = Signal(signed(8))   # frame byte offset - output byte offset, for the tail
-        m.d.comb += delta.eq(skip - header_len)
+        m.d.comb += delta.eq(j.skip - j.header_len)
         plan = Signal(desc_layout)
         m.d.comb += [
-            plan.drop.eq(drop),
-            plan.end.eq(join_ptr + words),
-            plan.start.eq((join_ptr + (delta >> shift))[:abits]),
+            plan.drop.eq(j.drop),
+            plan.end.eq(j.join_ptr + j.words),
+            plan.start.eq((j.join_ptr + (delta >> shift))[:abits]),
             plan.shift.eq(delta[:shift]),
-            plan.header.eq(Mux(encap, Cat(outer_header, inner_header), inner_header)),
-            plan.header_len.eq(header_len),
-            plan.out_len.eq(rec.length - skip + header_len),
-            plan.port.eq(port),
-            plan.punt.eq(cmd.punt & ~raw),
-            plan.first.eq(join_ptr[:abits]),
-            plan.length.eq(rec.length),
+            plan.header.eq(Mux(j.encap, Cat(outer_header, inner_header), inner_header)),
+            plan.header_len.eq(j.header_len),
+            plan.out_len.eq(j.length - j.skip + j.header_len),
+            plan.port.eq(j.port),
+            plan.punt.eq(j.punt),
+            plan.first.eq(j.join_ptr[:abits]),
+            plan.length.eq(j.length),
             plans.w_data.eq(plan),
-            plans.w_en.eq(joined),
+            plans.w_en.eq(j_valid),
         ]
 
         # --- Output engine: stage A walks the plan beat by beat and addresses the buffer;
