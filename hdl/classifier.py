@@ -67,6 +67,16 @@ def _parity(word, mask):
     return bits[0]
 
 
+def _first_position(candidates):
+    """(hit, index) of the first hit among ``(hit, index)`` pairs, by position: a tree of
+    ``log2(n)`` levels (a chain of ``n`` muxes would be the longest path of the lookup)."""
+    while len(candidates) > 1:
+        pairs = zip(candidates[0::2], candidates[1::2])
+        merged = [(h0 | h1, Mux(h0, i0, i1)) for (h0, i0), (h1, i1) in pairs]
+        candidates = merged + candidates[len(merged) * 2:]
+    return candidates[0]
+
+
 def _first_hit(candidates):
     """(hit, index) of the smallest index among ``(hit, index)`` pairs."""
     best_hit, best_index = candidates[0]
@@ -195,10 +205,9 @@ class Classifier(wiring.Component):
         with m.If(issue):
             m.d.sync += p.eq(Mux(last, 0, p + 1))
 
-        w_hit, w_index = Const(0, 1), Const(0, index_shape)
-        for entry in reversed(wildcard):
-            hit = entry.valid & ((key_in & entry.mask) == entry.value)
-            w_hit, w_index = w_hit | hit, Mux(hit, entry.index, w_index)
+        w_hit, w_index = _first_position([
+            (entry.valid & ((key_in & entry.mask) == entry.value), entry.index)
+            for entry in wildcard]) if wildcard else (Const(0, 1), Const(0, index_shape))
 
         def stage(name, **fields):
             return {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
