@@ -471,7 +471,8 @@ def run_soak(frames, *, seed, segment_frames=20_000, width=8, config=CONFIG, geo
     segments = plan_segments(seed, frames, segment_frames)
     report = {"seed": seed, "width": width, "geometry": dataclasses.asdict(geometry),
               "frames_requested": frames, "segment_frames": segment_frames,
-              "simulator": str(binary), "build_s": round(build_s, 1), "segments": [],
+              "simulator": str(binary), "build_s": round(build_s, 1), "source": _source(),
+              "segments": [],
               "result": "running"}
     totals = {"frames": 0, "in_bytes": 0, "emitted": 0, "outputs": 0, "out_bytes": 0,
               "cycles": 0, "load_cycles": 0, "sim_s": 0.0}
@@ -544,6 +545,22 @@ def run_soak(frames, *, seed, segment_frames=20_000, width=8, config=CONFIG, geo
                                for c, name in enumerate(rm.PORT_COUNTERS)} for port in Port},
         "drops": {reason.label: int(previous["drops"][reason]) for reason in DropReason}}
     return _finish(report, totals, started)
+
+
+def _source():
+    """The commit the gateware was built from, and the files that differed from it."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                                  text=True, check=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    modified = [line[3:] for line in git("status", "--porcelain", "--", "hdl", "host",
+                                         "sim").splitlines()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "modified": modified}
 
 
 def _finish(report, totals, started):
