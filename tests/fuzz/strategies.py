@@ -164,6 +164,18 @@ def header_fuzzed_vxlan_frames(draw):
 random_frames = st.tuples(st.sampled_from((Port.HOST, Port.NET)), st.binary(max_size=300))
 frames = st.one_of(random_frames, scapy_fuzzed_frames(), mutated_vxlan_frames())
 
+
+@st.composite
+def resized_frames(draw, max_frame=CONFIG.max_frame):
+    """A frame of ``frames`` or a header-fuzzed VXLAN frame, padded or cut to a length at
+    an edge: around ``max_frame`` (oversize; the longest frame that still gets its 50-byte
+    encapsulation), the 14/18-byte Ethernet headers, 60/64 bytes."""
+    port, data = draw(st.one_of(frames, header_fuzzed_vxlan_frames()))
+    size = draw(st.sampled_from([max_frame - 1, max_frame, max_frame + 1, 13, 14, 15, 17, 18,
+                                 19, 60, 64, 65]))
+    pad = random.Random(draw(st.integers(0, 2**32 - 1))).randbytes(max(0, size - len(data)))
+    return port, (data + pad)[:size]
+
 # --- Text mutations ------------------------------------------------------------------------
 
 RULE_ALPHABET = ",=:/->.#0123456789abcdefx \t_" + "priorityactions"
@@ -285,3 +297,14 @@ def describe_mismatch(ref, rtl, frames, i):
                          + hexdiff(w, g))
             break
     return "\n".join(lines)
+
+
+def emitted_first(pairs, config, ruleset):
+    """The order (indices into ``pairs``) that puts first a frame the reference emits, the
+    rest as they were. A gateware run must not start with a dropped frame while the rtl engine
+    builds for Icarus under ``-g2012``: the pipeline then hangs on an X that exists only in
+    that simulation (``test_fuzz_gateware.py::test_regression_first_frame_dropped``)."""
+    from openvtep.reference import Reference
+    result = Reference(config, ruleset).run(FrameBatch.from_frames(pairs))
+    first = next((i for i, d in enumerate(result.drop.tolist()) if d < 0), 0)
+    return [first] + [i for i in range(len(pairs)) if i != first]
