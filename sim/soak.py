@@ -457,9 +457,12 @@ def check_conservation(counters, *, n, in_bytes, emitted, outputs, out_bytes, fa
 # --- The soak -------------------------------------------------------------------------------
 
 def run_soak(frames, *, seed, segment_frames=20_000, width=8, config=CONFIG, geometry=None,
-             log=print, tamper=None):
+             start_segment=0, log=print, tamper=None):
     """Run the soak; returns the report dict. Raises SoakMismatch at the first difference
     (the report so far in its ``report`` attribute), SoakError if it cannot run.
+
+    ``start_segment``: begin with that segment of the plan (the same frames, rules and
+    schedule as in the whole run), to reproduce a failure quickly.
 
     ``tamper(segment, got, counters)``, for testing the checks, may alter a segment's
     simulation results (:meth:`Simulator.run`) or counter increments before they are
@@ -468,17 +471,18 @@ def run_soak(frames, *, seed, segment_frames=20_000, width=8, config=CONFIG, geo
     started = time.perf_counter()
     binary = build_simulator(width, config, geometry, log=log)
     build_s = time.perf_counter() - started
-    segments = plan_segments(seed, frames, segment_frames)
+    segments = plan_segments(seed, frames, segment_frames)[start_segment:]
     report = {"seed": seed, "width": width, "geometry": dataclasses.asdict(geometry),
               "frames_requested": frames, "segment_frames": segment_frames,
+              "start_segment": start_segment,
               "simulator": str(binary), "build_s": round(build_s, 1), "source": _source(),
               "segments": [],
               "result": "running"}
     totals = {"frames": 0, "in_bytes": 0, "emitted": 0, "outputs": 0, "out_bytes": 0,
               "cycles": 0, "load_cycles": 0, "sim_s": 0.0}
     started = time.perf_counter()
-    log(f"soak: seed {seed}: {frames} frames in {len(segments)} segments, W={width}, "
-        f"{geometry}")
+    log(f"soak: seed {seed}: {sum(s.frames for s in segments)} frames in {len(segments)} "
+        f"segments, W={width}, {geometry}")
     try:
         with Simulator(binary, width) as sim:
             previous = read_counters(sim, 0)
@@ -489,8 +493,8 @@ def run_soak(frames, *, seed, segment_frames=20_000, width=8, config=CONFIG, geo
                                    max_frame=config.max_frame)
                 ruleset = segment_rules(segment, batch, geometry, config)
                 image = compile_tables(ruleset, geometry)
-                writes = rm.table_writes(image, fresh=segment.index == 0,
-                                         clear_counters=segment.index > 0)
+                first = segment is segments[0]  # tables as reset left them
+                writes = rm.table_writes(image, fresh=first, clear_counters=not first)
                 t1 = time.perf_counter()
                 _, load_cycles = sim.bus([(1, a, w) for a, w in writes])
                 got = sim.run(batch, seed=segment.seed, idle=segment.idle, stall=segment.stall)
@@ -521,7 +525,8 @@ def run_soak(frames, *, seed, segment_frames=20_000, width=8, config=CONFIG, geo
                 totals["load_cycles"] += load_cycles
                 totals["sim_s"] += t2 - t1
                 elapsed = time.perf_counter() - started
-                log(f"segment {segment.index + 1}/{len(segments)}: {len(batch)} frames, "
+                log(f"segment {segment.index + 1}/{start_segment + len(segments)}: "
+                    f"{len(batch)} frames, "
                     f"{len(ruleset)} rules, gaps {segment.idle[0]:.2f}x{segment.idle[1]}, "
                     f"stalls {segment.stall[0]:.2f}x{segment.stall[1]}: {got['cycles']} "
                     f"cycles in {t2 - t1:.1f} s, equal ({totals['frames']} frames, "
@@ -591,6 +596,9 @@ def main(argv=None):
                         help="frames per rule set (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed (default: a random one, printed)")
+    parser.add_argument("--start-segment", type=int, default=0, metavar="K",
+                        help="begin with segment K (numbered from 0) of the same plan, to "
+                             "reproduce a failure (default: %(default)s)")
     parser.add_argument("--width", type=int, default=8, choices=(4, 8, 16),
                         help="bytes per beat (default: %(default)s)")
     parser.add_argument("--report", type=Path, default=Path("out/soak.json"),
@@ -598,6 +606,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.frames < 1 or args.segment_frames < 1:
         parser.error("--frames and --segment-frames must be at least 1")
+    if not 0 <= args.start_segment < -(-args.frames // args.segment_frames):
+        parser.error(f"--start-segment must be 0..{-(-args.frames // args.segment_frames) - 1}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
 
     def log(text):
@@ -606,9 +616,13 @@ def main(argv=None):
     code = 0
     try:
         report = run_soak(args.frames, seed=seed, segment_frames=args.segment_frames,
-                          width=args.width, log=log)
+                          width=args.width, start_segment=args.start_segment, log=log)
     except SoakMismatch as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
+        if exc.segment is not None:
+            print(f"reproduce: python -m openvtep.sim.soak --seed {seed} --frames {args.frames}"
+                  f" --segment-frames {args.segment_frames} --width {args.width} "
+                  f"--start-segment {exc.segment}", file=sys.stderr)
         report, code = exc.report, 1
     except SoakError as exc:
         print(f"error: {exc}", file=sys.stderr)

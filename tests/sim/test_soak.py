@@ -7,6 +7,7 @@ The Verilator testbench is built on first use (a few minutes) and cached under
 ``build/sim/verilator/``; ``make soak`` shares it.
 """
 
+import json
 import random
 import shutil
 
@@ -16,6 +17,7 @@ import pytest
 from openvtep.headers import DropReason, Port
 from openvtep.reference import Reference
 from openvtep.rules import parse_rules
+from openvtep.sim import soak
 from openvtep.sim.soak import SoakMismatch, check_conservation, plan_segments, run_soak
 from openvtep.sim.traffic import CONFIG, PAYLOAD_START, flow_batch
 
@@ -154,3 +156,25 @@ def test_flow_batch_keeps_each_flows_fate(seed):
         assert len({batch.data[k, PAYLOAD_START:PAYLOAD_START + 64].tobytes()
                     for k in long}) == len(long)
     assert not batch.data[np.arange(batch.data.shape[1]) >= batch.length[:, None]].any()
+
+
+@needs_verilator
+def test_command_fails_on_a_difference(tmp_path, monkeypatch, capsys):
+    """The command exits 1 naming the seed, segment and frame, with a hex diff and the command
+    that reproduces it, and still writes the report."""
+    original = soak.Simulator.run
+
+    def corrupted(self, batch, **kwargs):
+        got = original(self, batch, **kwargs)
+        got["out_bytes"][-1] ^= 1
+        return got
+
+    monkeypatch.setattr(soak.Simulator, "run", corrupted)
+    report = tmp_path / "soak.json"
+    code = soak.main(["--frames", "600", "--segment-frames", "300", "--seed", "5",
+                      "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAIL: soak seed 5: segment 0" in err and "differs" in err
+    assert "--seed 5 --frames 600 --segment-frames 300 --width 8 --start-segment 0" in err
+    assert json.loads(report.read_text())["result"] == "mismatch"
