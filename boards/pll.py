@@ -126,24 +126,17 @@ class PLLClock(Elaboratable):
         m.domains.por = cd_por = ClockDomain("por", reset_less=True)
         pll_clk = Signal()
         locked = self.locked
-        if ice40_pad:
+        if isinstance(p, Ice40PllParams):
             # An oscillator on a PLL pad (iCEBreaker): the PLL takes the pin itself (an SB_IO
-            # there would take the pad's PLL site).
+            # there would take the pad's PLL site). Elsewhere (the HX8K breakout's J3 is no PLL
+            # pad) the PLL takes the clock from a global buffer.
+            primitive, clock = (("SB_PLL40_PAD", {"i_PACKAGEPIN": clk_in.io}) if ice40_pad else
+                                ("SB_PLL40_CORE", {"i_REFERENCECLK": clk_buf.i}))
             m.submodules.pll = Instance(
-                "SB_PLL40_PAD",
+                primitive,
                 p_FEEDBACK_PATH="SIMPLE",
                 p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
-                i_PACKAGEPIN=clk_in.io, i_RESETB=1, i_BYPASS=0,
-                o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
-        elif isinstance(p, Ice40PllParams):
-            # Elsewhere (the HX8K breakout's J3 is no PLL pad) the PLL takes the clock from a
-            # global buffer.
-            m.submodules.pll = Instance(
-                "SB_PLL40_CORE",
-                p_FEEDBACK_PATH="SIMPLE",
-                p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
-                i_REFERENCECLK=clk_buf.i, i_RESETB=1, i_BYPASS=0,
-                o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
+                i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked, **clock)
         elif isinstance(p, Ecp5PllParams):
             m.submodules.pll = Instance(
                 "EHXPLLL",

@@ -24,8 +24,10 @@ def test_board_top_prepares(name):
                                           constraints)]
     scale = 1e6 if board.family == "ice40" else 1
     assert any(abs(f * scale - top.pll.f_out) < 1 for f in found), constraints
-    primitive = "SB_PLL40" if board.family == "ice40" else "EHXPLLL"
-    assert primitive in plan.files["top.il"]
+    # iCE40: the PLL takes a PLL pad itself, else the clock from a global buffer.
+    primitive = ("EHXPLLL" if board.family == "ecp5" else
+                 "SB_PLL40_PAD" if board.pll_pad else "SB_PLL40_CORE")
+    assert f"cell \\{primitive} " in plan.files["top.il"]
     assert top.pll.f_out >= board.target_mhz(board.default_width) * 1e6
 
 
