@@ -79,16 +79,16 @@ def draw_examples(strategy, count, seed):
     return found
 
 
-def run_batch(pairs, seed, ruleset=RULES):
+def run_batch(pairs, seed, ruleset=RULES, width=8):
     """The reference's and the gateware's results for ``pairs`` (one simulation)."""
     ref = Reference(CONFIG, ruleset).run(FrameBatch.from_frames(pairs))
-    rtl = rtl_engine(CONFIG, ruleset, pairs, 8, geometry=GEOMETRY, idle=0.2, backpressure=0.3,
-                     seed=seed)
+    rtl = rtl_engine(CONFIG, ruleset, pairs, width, geometry=GEOMETRY, idle=0.2,
+                     backpressure=0.3, seed=seed)
     return ref, rtl
 
 
-def assert_engines_agree(pairs, seed, origin=None):
-    ref, rtl = run_batch(pairs, seed)
+def assert_engines_agree(pairs, seed, origin=None, width=8):
+    ref, rtl = run_batch(pairs, seed, width=width)
     bad = frame_mismatches(ref, rtl, len(pairs))
     if bad:
         reports = [describe_mismatch(ref, rtl, pairs, i) +
@@ -158,6 +158,7 @@ def test_regression_first_frame_dropped():
 
 
 @pytest.mark.slow
-def test_fuzzed_frames_gateware_equals_reference_long(seed):
+@pytest.mark.parametrize("width", [4, 8, 16])
+def test_fuzzed_frames_gateware_equals_reference_long(seed, width):
     pairs, origin = fuzz_pairs(seed, 3000)
-    assert_engines_agree(pairs, seed, origin)
+    assert_engines_agree(pairs, seed, origin, width)
