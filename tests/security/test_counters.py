@@ -3,7 +3,8 @@
 - Gateware: a :class:`openvtep.hdl.bus.CounterBlock` built narrow (``width=9``) counts frames
   and bytes of real traffic (as the pipeline's port counters do) until both wrap, many times;
   the host's :class:`openvtep.vtep.CounterTracker`, fed the bus readings a host takes while the
-  traffic runs, recovers the exact totals and counts every wrap.
+  traffic runs, recovers the exact totals and counts every wrap; so it does for any width
+  and any increments (hypothesis), read at least once per wrap.
 - Driver: :class:`openvtep.vtep.Vtep` over a fake device whose counters go back: a 32-bit drop
   counter that wraps is extended (``counter_wraps``), a 64-bit counter that goes back without a
   clear from this session raises :class:`openvtep.vtep.CounterReset` naming it, and the
@@ -17,6 +18,8 @@ import warnings
 import pytest
 from amaranth.hdl import UnusedElaboratable
 from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openvtep import regmap as rm
 from openvtep.hdl.bus import CounterBlock
@@ -77,6 +80,19 @@ def test_narrow_counter_block_wraps_and_host_extends():
         assert extended == {"packets": n, "bytes": nbytes}
     assert tracker.wraps == {"packets": len(frames) >> width,
                              "bytes": sum(frames) >> width} and tracker.wraps["bytes"] > 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.lists(st.integers(0, 1 << 40), max_size=30))
+def test_tracker_extends_any_polled_counter(bits, steps):
+    """Read at least once per wrap (each step below ``2**bits``), a counter of any width is
+    extended to its exact total; a 64-bit one never goes back."""
+    tracker, total = CounterTracker(), 0
+    for step in steps:
+        total += step % (1 << bits)
+        values, went_back = tracker.update({"c": (total % (1 << bits), bits),
+                                            "wide": (total, 64)})
+        assert values == {"c": total, "wide": total} and not went_back
 
 
 @pytest.mark.parametrize("width", [0, 65, 8.0, True])
