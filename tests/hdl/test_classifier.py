@@ -3,7 +3,7 @@
 wildcard overlaps and table misses, under random gaps and backpressure; rule counters; the
 register map and table loader.
 
-cocotb testbench: ``tb_classifier.py``; rule sets: ``flow_rules.py``.
+cocotb testbench: ``tb_classifier.py``; rule sets: ``openvtep.sim.flow_rules``.
 """
 
 from pathlib import Path

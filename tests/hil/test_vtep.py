@@ -7,10 +7,8 @@ two to start), and a real board when ``OPENVTEP_PORT`` names its serial port (bu
 example configuration, ``examples/vtep.toml``).
 """
 
-import importlib
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,12 +20,10 @@ from openvtep.frames import FrameBatch, merge_inputs, read_pcap
 from openvtep.headers import Port
 from openvtep.reference import Reference
 from openvtep.rules import load_rules, parse_rules
+from openvtep.sim import flow_rules
+from openvtep.sim import traffic as vf
 from openvtep.sim.faulty_link import FaultyLink
 from openvtep.vtep import SIM_TIMEOUT, Session, Vtep, compare, format_dump, split_ports
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "hdl"))
-flow_rules = importlib.import_module("flow_rules")  # the pipeline tests' generators
-vf = importlib.import_module("vtep_frames")
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 CONFIG = load_config(EXAMPLES / "vtep.toml")
