@@ -229,7 +229,8 @@ class Simulator:
         until every frame is decided and out. Returns a dict: ``cycles``; per verdict (input
         order) ``rule``, ``hit``, ``emits``, ``punt``, ``reason``; per output ``out_length``,
         ``out_port``; ``out_bytes`` (concatenated); ``error`` (None, or why the run stopped
-        early: stuck, or the stream rules broken on ``o``)."""
+        early: stuck, or the stream rules broken on ``o``; frames may then still be in the
+        pipeline, so a later run would see them)."""
         n = len(batch)
         beats = int((-(-batch.length // self.width)).sum())
         if limit is None:

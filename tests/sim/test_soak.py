@@ -52,6 +52,14 @@ def test_short_soak(seed):
     assert tx == report["outputs"] >= report["emitted"]  # controller copies come on top
 
 
+@pytest.mark.slow
+@needs_verilator
+def test_long_soak(seed):
+    """100,000 frames in 10 segments (about a minute)."""
+    report = run_soak(100_000, seed=seed, segment_frames=10_000, log=quiet)
+    assert report["result"] == "pass" and report["frames"] == 100_000, f"seed {seed}"
+
+
 def _soak_failure(seed, tamper):
     with pytest.raises(SoakMismatch) as caught:
         run_soak(1200, seed=seed, segment_frames=600, log=quiet, tamper=tamper)
