@@ -47,10 +47,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["TIMESCALE", "CocotbFailure", "build_root", "run_cocotb", "test_params", "test_seed",
-           "verilog_source"]
+__all__ = ["ICARUS_ARGS", "TIMESCALE", "CocotbFailure", "build_root", "run_cocotb", "test_params",
+           "test_seed", "verilog_source"]
 
 TIMESCALE = ("1ns", "1ps")
+# Icarus compiles Verilog-2005, not cocotb's default -g2012: under the 2012 rules Icarus does not
+# run the ``always @*`` blocks Yosys emits at time 0, so a combinational output that depends only
+# on registers still at their reset value (an FSM's ``ready`` in its reset state, the editor's
+# controls until the first frame) stays X, and a design can hang on it (a first frame that is
+# dropped did). Real hardware has no such state.
+ICARUS_ARGS = ("-g2005",)
 
 _PARAMS_ENV = "OPENVTEP_PARAMS"
 _SEED_ENV = "OPENVTEP_SEED"
@@ -196,10 +202,10 @@ def _write_index(index, final):
     os.replace(tmp, index)
 
 
-def _build(component, name, *, waves, design_key=None, build_args=()):
+def _build(component, name, *, waves, design_key=None, build_args=ICARUS_ARGS):
     """Compile ``component`` (or what the factory ``component`` returns, only made when
     needed) once per distinct design; return the build directory. ``build_args`` go to the
-    Icarus compiler (e.g. ``("-g2005",)``) and are part of the cache key."""
+    Icarus compiler (default :data:`ICARUS_ARGS`) and are part of the cache key."""
     from amaranth.hdl import Elaboratable
 
     if build_args and design_key is not None:

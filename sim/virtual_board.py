@@ -320,17 +320,11 @@ class ByteShell(wiring.Component):
 
 def _icarus_build(top, name):
     """Build ``top`` for Icarus once per distinct design (the cache of
-    :mod:`openvtep.sim.cocotb_runner`); return ``(runner, build_dir)``.
-
-    Unlike cocotb's default (``-g2012``) this compiles with ``-g2005``: under the 2012 rules
-    Icarus does not run the ``always @*`` blocks Yosys emits at time 0, so a combinational
-    output of an FSM whose state register never changes after reset (e.g. ``ready`` in the
-    reset state) stays X until the state first changes.
-    """
+    :mod:`openvtep.sim.cocotb_runner`); return ``(runner, build_dir)``."""
     from cocotb_tools.runner import get_runner
 
     from .cocotb_runner import _build
-    return get_runner("icarus"), _build(top, name, waves=False, build_args=("-g2005",))
+    return get_runner("icarus"), _build(top, name, waves=False)
 
 
 class IcarusBoard:

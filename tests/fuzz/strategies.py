@@ -297,14 +297,3 @@ def describe_mismatch(ref, rtl, frames, i):
                          + hexdiff(w, g))
             break
     return "\n".join(lines)
-
-
-def emitted_first(pairs, config, ruleset):
-    """The order (indices into ``pairs``) that puts first a frame the reference emits, the
-    rest as they were. A gateware run must not start with a dropped frame while the rtl engine
-    builds for Icarus under ``-g2012``: the pipeline then hangs on an X that exists only in
-    that simulation (``test_fuzz_gateware.py::test_regression_first_frame_dropped``)."""
-    from openvtep.reference import Reference
-    result = Reference(config, ruleset).run(FrameBatch.from_frames(pairs))
-    first = next((i for i, d in enumerate(result.drop.tolist()) if d < 0), 0)
-    return [first] + [i for i in range(len(pairs)) if i != first]
