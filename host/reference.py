@@ -398,7 +398,9 @@ class Reference:
                       for port in Port},
             "drops": {reason.label: int(drops[reason]) for reason in DropReason},
         }
-        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
+        def cat(xs):
+            return np.concatenate(xs) if xs else np.zeros(0, np.int64)
+
         return Result(outputs, stats, cat(rules_out), cat(drops_out))
 
     def _emit(self, chunk, parsed, rule, index, slot, base, j, pieces):
