@@ -33,6 +33,7 @@ ACTIONS = [
     "set_tunnel:77,set_field:198.18.0.9->tun_dst,output:net",
     "set_field:198.18.0.7->tun_dst,output:net", "strip_vlan,mod_vlan_vid:100,output:host",
 ]
+REDRAWS = 8
 PUNT_ACTIONS = ["output:host,controller",
                 "controller,set_tunnel:5,set_field:198.18.0.5->tun_dst,output:net"]
 
@@ -81,12 +82,12 @@ def _random_fields(rng):
             "tp_src": rng.getrandbits(16), "tp_dst": rng.getrandbits(16)}
 
 
-def _rule(rng, shape, fields, actions, hit_rate):
+def _rule(rng, shape, fields, actions, hit_rate, priority=None):
     need_ip = "ip" in shape or "l4" in shape
     pool = [f for f in fields if (f["has_ip"] or not need_ip) and (f["has_l4"] or "l4" not in shape)
             and (f["dl_type"] == 0x0806 or "arp" not in shape)]
     f = rng.choice(pool) if pool and rng.random() < hit_rate else _random_fields(rng)
-    parts = [f"priority={rng.choice(PRIORITIES)}"]
+    parts = [f"priority={rng.choice(PRIORITIES) if priority is None else priority}"]
     for spec in shape:
         if spec == "ip":
             parts.append("ip")
@@ -100,8 +101,10 @@ def _rule(rng, shape, fields, actions, hit_rate):
 
 
 def random_ruleset(rng, fields, count, *, geometry=None, punt=False):
-    """A RuleSet of about ``count`` rules (duplicates of an earlier priority and match
-    removed) over frame ``fields`` (from :func:`frame_fields`) that ``geometry`` holds."""
+    """A RuleSet of ``count`` rules (one more with a catch-all) over frame ``fields`` (from
+    :func:`frame_fields`) that ``geometry`` holds. A rule that repeats an earlier one's priority
+    and match is drawn again from random values and any priority (a shape with few values, such
+    as ``in_port``, would otherwise run out), and dropped after ``REDRAWS`` tries."""
     geometry = Geometry() if geometry is None else geometry
     actions = ACTIONS + (PUNT_ACTIONS if punt else [])
     shapes = rng.sample(SHAPES, len(SHAPES))
@@ -116,11 +119,14 @@ def random_ruleset(rng, fields, count, *, geometry=None, punt=False):
     hit_rate = min(0.8, 4 * len(fields) / max(count, 1))
     lines, seen = [], set()
     for shape in plan:
-        line = _rule(rng, shape, fields, actions, hit_rate)
-        key = line.split(",actions=")[0]
-        if key not in seen:
-            seen.add(key)
-            lines.append(line)
+        for attempt in range(REDRAWS):
+            line = (_rule(rng, shape, fields, actions, hit_rate) if attempt == 0 else
+                    _rule(rng, shape, fields, actions, 0.0, priority=rng.randrange(65536)))
+            key = line.split(",actions=")[0]
+            if key not in seen:
+                seen.add(key)
+                lines.append(line)
+                break
     ruleset = parse_rules("\n".join(lines), "random.rules")
     compile_tables(ruleset, geometry)  # raises RuleError if the hardware cannot hold it
     return ruleset

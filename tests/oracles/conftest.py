@@ -11,7 +11,7 @@ def tshark_home(tmp_path_factory):
     """An XDG config home in which tshark dissects only the VTEP's layers (see
     ``oracle_support.tshark_profile``)."""
     if TSHARK is None:
-        pytest.skip("tshark is not installed (Debian package tshark; `make deps` installs it)")
+        pytest.fail("tshark is not installed (Debian package tshark; `make deps` installs it)")
     return tshark_profile(tmp_path_factory.mktemp("tshark"))
 
 
@@ -19,6 +19,6 @@ def tshark_home(tmp_path_factory):
 def ovs_ofctl():
     path = shutil.which("ovs-ofctl")
     if path is None:
-        pytest.skip("ovs-ofctl is not installed (Debian package openvswitch-common; "
+        pytest.fail("ovs-ofctl is not installed (Debian package openvswitch-common; "
                     "`make deps` installs it)")
     return path

@@ -190,12 +190,12 @@ class KernelPeer:
 @pytest.fixture(params=[False, True], ids=["noudpcsum", "udpcsum"])
 def peer(request):
     if shutil.which("ip") is None:
-        pytest.skip("iproute2 `ip` is not installed")
+        pytest.fail("iproute2 `ip` is not installed (`make deps` installs it)")
     peer = KernelPeer(request.param)
     request.addfinalizer(peer.destroy)
     probe = ip("netns", "add", peer.a, check=False)
     if probe.returncode:
-        pytest.skip(f"cannot create a network namespace (needs root): {probe.stderr.strip()}")
+        pytest.fail(f"cannot create a network namespace (needs root): {probe.stderr.strip()}")
     ip("netns", "del", peer.a)
     try:
         peer.create()

@@ -9,7 +9,6 @@ The Verilator testbench is built on first use (a few minutes) and cached under
 
 import json
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -20,9 +19,6 @@ from openvtep.rules import parse_rules
 from openvtep.sim import soak
 from openvtep.sim.soak import SoakMismatch, check_conservation, plan_segments, run_soak
 from openvtep.sim.traffic import CONFIG, PAYLOAD_START, flow_batch
-
-needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None,
-                                     reason="verilator is not installed (make deps)")
 
 
 @pytest.fixture
@@ -36,7 +32,6 @@ def quiet(text):
     print(text)
 
 
-@needs_verilator
 def test_short_soak(seed):
     """4,000 frames in 3 segments (3 rule sets), the first with gaps and stalls."""
     report = run_soak(4000, seed=seed, segment_frames=1500, log=quiet)
@@ -53,7 +48,6 @@ def test_short_soak(seed):
 
 
 @pytest.mark.slow
-@needs_verilator
 def test_long_soak(seed):
     """100,000 frames in 10 segments (about a minute)."""
     report = run_soak(100_000, seed=seed, segment_frames=10_000, log=quiet)
@@ -69,7 +63,6 @@ def _soak_failure(seed, tamper):
     return caught.value, text
 
 
-@needs_verilator
 def test_corrupted_byte_is_caught(seed):
     flipped = {}
 
@@ -84,20 +77,22 @@ def test_corrupted_byte_is_caught(seed):
     assert error.frame is not None
 
 
-@needs_verilator
 def test_lost_output_is_caught(seed):
+    lost = {}
+
     def lose(segment, got, counters):
-        if segment.index == 0:
+        # The first segment with an output loses its last one (a rule set may drop all).
+        if not lost and len(got["out_length"]):
             n = int(got["out_length"][-1])
             got["out_length"] = got["out_length"][:-1]
             got["out_port"] = got["out_port"][:-1]
             got["out_bytes"] = got["out_bytes"][:-n]
+            lost["segment"] = segment.index
 
     error, text = _soak_failure(seed, lose)
-    assert error.segment == 0 and "outputs" in text
+    assert error.segment == lost["segment"] and "outputs" in text
 
 
-@needs_verilator
 def test_wrong_counter_is_caught(seed):
     def miscount(segment, got, counters):
         if segment.index == 1:
@@ -166,7 +161,6 @@ def test_flow_batch_keeps_each_flows_fate(seed):
     assert not batch.data[np.arange(batch.data.shape[1]) >= batch.length[:, None]].any()
 
 
-@needs_verilator
 def test_command_fails_on_a_difference(tmp_path, monkeypatch, capsys):
     """The command exits 1 naming the seed, segment and frame, with a hex diff and the command
     that reproduces it, and still writes the report."""
