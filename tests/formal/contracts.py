@@ -9,8 +9,11 @@ a beat picked by ``AnyConst`` (its index and its value) stands for every beat.
 
 from amaranth.asserts import AnySeq
 from amaranth.hdl import Assert, Assume, Module, Shape, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["ACCOUNT_BITS", "contract_module", "fair_sink", "stream_sink", "stream_source"]
+__all__ = ["ACCOUNT_BITS", "Withdrawing", "contract_module", "fair_sink", "internals",
+           "stream_sink", "stream_source"]
 
 ACCOUNT_BITS = 5  # beat/frame counters wrap at 32: more than any block here holds in flight
 
@@ -19,6 +22,22 @@ def contract_module():
     """A module for a contract (:func:`openvtep.sim.formal.run` supplies the reset-less
     ``sync`` domain)."""
     return Module()
+
+
+def internals(m, dut, platform, names, *, submodule="dut"):
+    """Elaborate ``dut`` now, as ``m``'s submodule, and return ``(module, signals)``: its
+    :class:`Module` (whose ``submodules`` are not yet elaborated, so a contract may still add
+    memory ports to them) and a dict of the registers it drives named in ``names`` (a block's
+    tables are not ports; the contract reads them, and may free their initial value)."""
+    module = dut.elaborate(platform)
+    dut._MustUse__used = True
+    m.submodules[submodule] = module
+    found = {signal.name: signal for signal in module._driving
+             if signal.name in names}
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise LookupError(f"{type(dut).__name__} drives no signal named {', '.join(missing)}")
+    return module, found
 
 
 def stream_source(m, port, name, *, payload=None):
@@ -72,3 +91,32 @@ def fair_sink(m, max_stall, name="sink"):
     m.d.comb += Assume(ready | (low < max_stall))
     return ready
 
+
+
+class Withdrawing(wiring.Component):
+    """A deliberately broken block for handshake contracts: ``inner`` with every port passed
+    through, except that a beat stalled on its ``out`` stream is withdrawn (``valid`` low) for
+    a cycle whenever ``trigger(self)`` (a signal of the wrapper's inputs) is high."""
+
+    def __init__(self, inner, trigger, *, out="o"):
+        self.inner = inner
+        self.trigger = trigger
+        self.out = out
+        super().__init__(inner.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = self.inner
+        for name, member in self.signature.members.items():
+            outer, wrapped = getattr(self, name), getattr(inner, name)
+            if member.is_port:
+                m.d.comb += (wrapped.eq(outer) if member.flow == In else outer.eq(wrapped))
+            elif member.flow == Out:
+                wiring.connect(m, wrapped, wiring.flipped(outer))
+            else:
+                wiring.connect(m, wiring.flipped(outer), wrapped)
+        port, wrapped = getattr(self, self.out), getattr(inner, self.out)
+        stalled = Signal()
+        m.d.sync += stalled.eq(port.valid & ~port.ready)
+        m.d.comb += port.valid.eq(wrapped.valid & ~(stalled & self.trigger(self)))
+        return m
