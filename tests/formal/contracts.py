@@ -12,8 +12,9 @@ from amaranth.hdl import Assert, Assume, Module, Shape, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ACCOUNT_BITS", "Withdrawing", "contract_module", "fair_sink", "internals",
-           "stream_sink", "stream_source"]
+__all__ = ["ACCOUNT_BITS", "Withdrawing", "contract_module", "fair_sink", "fsm_ongoing",
+           "internals",
+           "stream_rules", "stream_sink", "stream_source"]
 
 ACCOUNT_BITS = 5  # beat/frame counters wrap at 32: more than any block here holds in flight
 
@@ -32,12 +33,20 @@ def internals(m, dut, platform, names, *, submodule="dut"):
     module = dut.elaborate(platform)
     dut._MustUse__used = True
     m.submodules[submodule] = module
-    found = {signal.name: signal for signal in module._driving
-             if signal.name in names}
+    found = {signal.name: signal for signal in module._driving if signal.name in names}
     missing = sorted(set(names) - set(found))
     if missing:
         raise LookupError(f"{type(dut).__name__} drives no signal named {', '.join(missing)}")
     return module, found
+
+
+def fsm_ongoing(module, state):
+    """The ``ongoing`` signal of ``state`` in the FSM of ``module`` (from :func:`internals`)
+    that has a state of that name."""
+    for fsm in module._generated.values():
+        if state in fsm.encoding:
+            return fsm.ongoing(state)
+    raise LookupError(f"no FSM with a state {state}")
 
 
 def stream_source(m, port, name, *, payload=None):
@@ -61,8 +70,15 @@ def stream_sink(m, port, name, *, ready=None):
     """Take from ``port`` (an ``Out`` stream of the block) with an arbitrary ``ready`` (or
     ``ready`` given), and assert the block's side of the stream rules: a beat once offered is
     neither withdrawn nor changed until it is taken. Returns ``(took, stalled_before)``."""
-    width = Shape.cast(port.payload.shape()).width
     m.d.comb += port.ready.eq(AnySeq(1) if ready is None else ready)
+    return stream_rules(m, port, name)
+
+
+def stream_rules(m, port, name):
+    """Assert that the source of ``port`` (a stream whose ``ready`` someone else drives: an
+    output, or a stream between two submodules) obeys the stream rules: a beat once offered is
+    neither withdrawn nor changed until it is taken. Returns ``(took, stalled_before)``."""
+    width = Shape.cast(port.payload.shape()).width
     stalled = Signal(name=f"{name}_sink_stalled")
     held = Signal(width, name=f"{name}_sink_held")
     m.d.sync += [stalled.eq(port.valid & ~port.ready), held.eq(port.payload)]
