@@ -12,8 +12,7 @@ from amaranth.hdl import Assert, Assume, Module, Shape, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ACCOUNT_BITS", "Withdrawing", "contract_module", "fair_sink", "fsm_ongoing",
-           "internals",
+__all__ = ["ACCOUNT_BITS", "Withdrawing", "contract_module", "fair_sink", "internals",
            "stream_rules", "stream_sink", "stream_source"]
 
 ACCOUNT_BITS = 5  # beat/frame counters wrap at 32: more than any block here holds in flight
@@ -38,15 +37,6 @@ def internals(m, dut, platform, names, *, submodule="dut"):
     if missing:
         raise LookupError(f"{type(dut).__name__} drives no signal named {', '.join(missing)}")
     return module, found
-
-
-def fsm_ongoing(module, state):
-    """The ``ongoing`` signal of ``state`` in the FSM of ``module`` (from :func:`internals`)
-    that has a state of that name."""
-    for fsm in module._generated.values():
-        if state in fsm.encoding:
-            return fsm.ongoing(state)
-    raise LookupError(f"no FSM with a state {state}")
 
 
 def stream_source(m, port, name, *, payload=None):

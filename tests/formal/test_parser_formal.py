@@ -5,9 +5,15 @@
   handshake (a beat offered is neither withdrawn nor changed until taken).
 - One record per frame, in order (bounded, 10 cycles from reset: up to 5 one-beat frames, any stalls on all three
   ports): records out never outnumber frames ended; no more than ``queue_depth`` frames wait
-  for their record; a frame that ended gets a record offered within 4 cycles unless another
+  for their record; a frame that ended gets a record offered within 5 cycles unless another
   one is waiting; the record of the frame picked by ``AnyConst`` carries that frame's port, so
   records leave in frame order.
+
+- Record handshake (bounded, ``BMC_DEPTH`` cycles from reset; frames and both outputs'
+  ``ready`` arbitrary): a record offered on ``o_hdr`` is neither withdrawn nor changed until
+  taken, and ``o`` keeps its rules while ``o_hdr`` is drained. Not inductive: from a state no
+  run reaches (a record offered while the internal ``pending`` count is 0), popping it wraps
+  ``pending`` and withdraws ``o.valid``.
 
 The accounting is bounded, not inductive: an induction would need the parser's internal
 ``pending`` count, which the block does not expose.
@@ -24,11 +30,11 @@ from openvtep.config import VtepConfig
 from openvtep.hdl.parser import Parser
 from openvtep.sim import formal
 
-from .contracts import ACCOUNT_BITS, contract_module, stream_sink, stream_source
+from .contracts import ACCOUNT_BITS, Withdrawing, contract_module, stream_sink, stream_source
 
 CONFIG = VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)
 QUEUE_DEPTH = 4
-RECORD_LATENCY = 4
+RECORD_LATENCY = 5
 BMC_DEPTH = 10
 
 
@@ -88,6 +94,20 @@ class ParserContract(Elaboratable):
         return m
 
 
+class RecordHandshakeContract(Elaboratable):
+    def __init__(self, dut):
+        self.dut = dut
+
+    def elaborate(self, platform):
+        m = contract_module()
+        m.submodules.dut = dut = self.dut
+        stream_source(m, dut.i, "i")
+        stream_sink(m, dut.o, "o")
+        took, stalled = stream_sink(m, dut.o_hdr, "o_hdr")
+        m.d.comb += Cover(stalled & took)
+        return m
+
+
 class RecordDroppingParser(Parser):
     """Broken: never waits for queue space, so records of frames ending while the queue is
     full are lost."""
@@ -121,4 +141,17 @@ def test_parser_cover():
 @pytest.mark.slow
 def test_parser_broken_drops_records():
     formal.check_fails(ParserContract(parser(RecordDroppingParser)), "parser_dropping",
+                       mode="bmc", depth=BMC_DEPTH)
+
+
+@pytest.mark.slow
+def test_parser_record_handshake_bmc():
+    formal.check(RecordHandshakeContract(parser()), "parser_record_handshake", mode="bmc",
+                 depth=BMC_DEPTH)
+
+
+@pytest.mark.slow
+def test_parser_record_handshake_broken():
+    broken = Withdrawing(parser(), lambda wrapper: wrapper.i.valid, out="o_hdr")
+    formal.check_fails(RecordHandshakeContract(broken), "parser_record_handshake_withdrawing",
                        mode="bmc", depth=BMC_DEPTH)
