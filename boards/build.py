@@ -342,6 +342,9 @@ def build(board_name, *, width=None, seed=1, exact=None, wildcard=None, toolchai
     echo(f"{label}: clock {top.pll.f_out / 1e6:g} MHz from the {top.pll.f_in / 1e6:g} MHz "
          f"oscillator by PLL (requested {top.requested_mhz:g} MHz)")
     nextpnr_opts = ["--seed", str(seed), "--report", "top.report.json"]
+    if board.family == "ecp5":
+        # router2: router1 (nextpnr's default) spends tens of minutes on a clock it cannot meet.
+        nextpnr_opts += ["--router", "router2"]
     if timing_allow_fail:
         nextpnr_opts.append("--timing-allow-fail")
     platform = board.platform()

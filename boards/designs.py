@@ -116,8 +116,9 @@ def _datapath(width, geometry, config, board=None, clk_freq=None):
     frames = 16
     return Design("datapath",
                   f"hdl.datapath.Datapath (parser -> editor, frames={frames}, max_frame="
-                  f"{config.max_frame}), W={width}; no classifier or control bridge yet: fed by "
-                  f"an LFSR packet generator (random frames, commands, gaps, backpressure), "
+                  f"{config.max_frame}), W={width}; the datapath alone, without classifier or "
+                  f"bridge: fed by an LFSR packet generator (random frames, commands, gaps, "
+                  f"backpressure), "
                   f"outputs and drop counters folded into LEDs (and a UART status echo on "
                   f"boards with a free UART)",
                   Datapath(width, config, frames=frames))
