@@ -4,7 +4,7 @@ docs/semantics.md step 5 and "Encapsulation" (RFC 7348 §5, IEEE 802.1Q); the ex
 ``openvtep.reference.Reference._emit``.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -206,9 +206,13 @@ class Editor(wiring.Component):
             drop.eq(rec.drop | cmd.drop),
             reason.eq(Mux(rec.drop, rec.reason, cmd.reason)),
         ]
-        counters = Array(self.drops[k] for k in range(len(DropReason)))
-        with m.If(joined & drop):
-            m.d.sync += counters[reason].eq(counters[reason] + 1)
+        # A drop is counted the cycle after its join, from a one-hot register: each counter has
+        # its own incrementer, with no path from the verdict through a counter select.
+        dropped = Signal(len(DropReason))
+        m.d.sync += dropped.eq(Mux(joined & drop, 1 << reason, 0))
+        for k in range(len(DropReason)):
+            with m.If(dropped[k]):
+                m.d.sync += self.drops[k].eq(self.drops[k] + 1)
 
         port = Signal(2)
         m.d.comb += port.eq(Mux(cmd.port == OutPort.IN_PORT, rec.port, cmd.port))

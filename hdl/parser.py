@@ -65,13 +65,14 @@ class Parser(wiring.Component):
     Beats go from ``i`` to ``o`` unchanged and without delay (``o`` is a combinational view of
     ``i``; ``i.ready`` is ``o.ready`` gated by the record queue's space). For every frame, one
     :class:`~openvtep.hdl.headers.ParsedHeaders` record leaves on ``o_hdr``, in frame order,
-    4 to 5 cycles after the frame's last beat: the verdict (``drop``/``reason``), whether and how
+    5 to 6 cycles after the frame's last beat: the verdict (``drop``/``reason``), whether and how
     much to decapsulate, and the match fields of the (inner) frame. The frame's ``port`` (on
     ``i``, constant over the frame) is sampled on its last beat.
 
-    Latency: 0 cycles for beats; the record is computed in three pipeline stages from a window
+    Latency: 0 cycles for beats; the record is computed in four pipeline stages from a window
     of the frame's first :data:`WINDOW_BYTES` bytes (the checks' operands; the verdict and
-    decapsulation; the inner frame's match fields), then queued (``queue_depth`` records).
+    decapsulation; the inner frame's fields and length checks; the record), then queued
+    (``queue_depth`` records).
 
     Backpressure: beats and records are independent streams; ``i`` stalls only while
     ``queue_depth`` frames have ended whose records were not yet taken from ``o_hdr``. An invalid
@@ -85,7 +86,7 @@ class Parser(wiring.Component):
     config : openvtep.config.VtepConfig
         ``local_ip``, ``udp_port`` and ``max_frame`` are used.
     queue_depth : int
-        Records that may wait on ``o_hdr`` (>= 4; the pipeline holds up to 4 more).
+        Records that may wait on ``o_hdr`` (>= 4; the pipeline holds up to 5 more).
     """
 
     def __init__(self, width, config, *, queue_depth=8):
@@ -264,53 +265,70 @@ class Parser(wiring.Component):
                 s2_inner_length.eq(c_length - strip),
             ]
 
-        # --- Stage 3: match fields of the (inner) frame (step 3). ----------------------------
+        # --- Stage 3: the inner frame's fields and length checks (step 3), registered. -------
         ilen = s2_inner_length
         ieth = from_wire(Ethernet, _bytes(s2_inner, 0, h.ETH_BYTES))
         itagged = ieth.type == h.ETHERTYPE_VLAN
         il2 = Mux(itagged, _TAGGED_L2, h.ETH_BYTES)
-        itype = Mux(itagged, byteswap(_bytes(s2_inner, h.ETH_BYTES + 2, 2), 2), ieth.type)
-        itci = byteswap(_bytes(s2_inner, h.ETH_BYTES, 2), 2)
         iip = from_wire(IPv4, Mux(itagged, _bytes(s2_inner, _TAGGED_L2, h.IPV4_BYTES),
                                   _bytes(s2_inner, h.ETH_BYTES, h.IPV4_BYTES)))
-        version = iip.ver_ihl[4:8]
         ihl = iip.ver_ihl[0:4]
-        nw_valid = ((itype == h.ETHERTYPE_IPV4) & (ilen >= il2 + h.IPV4_BYTES) &
-                    (version == 4) & (ihl >= 5) & (ilen >= il2 + 4 * ihl))
-        tp_valid = (nw_valid & ((iip.proto == h.IPPROTO_TCP) | (iip.proto == h.IPPROTO_UDP)) &
-                    ((iip.flags_frag & h.IPV4_FRAG_OFFSET) == 0) & (ilen >= il2 + 4 * ihl + 4))
         # The ports sit at il2 + 4*IHL: one of 2 x 11 offsets, 4 bytes apart from 34 to 78.
         tp_offsets = list(range(h.ETH_BYTES + 20, _TAGGED_L2 + 4 * _MAX_IHL + 1, 4))
         tp_index = Signal(range(len(tp_offsets)))
         m.d.comb += tp_index.eq(Mux(itagged, ihl + 1, ihl) - 5)
-        tp_raw = _mux_offset(s2_inner, tp_offsets, tp_index, 4)
 
-        inner_truncated = s2.decap & itagged & (ilen < _TAGGED_L2)
+        s3_valid = Signal()
+        s3 = Signal(ParsedHeaders)          # stage 2's record, and the inner L2 fields
+        s3_ip = Signal(IPv4)
+        s3_tp = Signal(32)                  # the wire bytes where the ports would be
+        s3_room_ip = Signal()               # the frame holds an IPv4 header ...
+        s3_room_options = Signal()          # ... and its options ...
+        s3_room_ports = Signal()            # ... and the ports
+        s3_truncated = Signal()             # a decapsulated frame's inner VLAN tag is cut short
+        m.d.sync += s3_valid.eq(s2_valid)
+        with m.If(s2_valid):
+            m.d.sync += [
+                s3.eq(s2),
+                s3.dl_dst.eq(ieth.dst),
+                s3.dl_src.eq(ieth.src),
+                s3.vlan_valid.eq(itagged),
+                s3.tci.eq(Mux(itagged, byteswap(_bytes(s2_inner, h.ETH_BYTES, 2), 2), 0)),
+                s3.dl_type.eq(Mux(itagged, byteswap(_bytes(s2_inner, h.ETH_BYTES + 2, 2), 2),
+                                  ieth.type)),
+                s3_ip.eq(iip),
+                s3_tp.eq(_mux_offset(s2_inner, tp_offsets, tp_index, 4)),
+                s3_room_ip.eq(ilen >= il2 + h.IPV4_BYTES),
+                s3_room_options.eq(ilen >= il2 + 4 * ihl),
+                s3_room_ports.eq(ilen >= il2 + 4 * ihl + 4),
+                s3_truncated.eq(s2.decap & itagged & (ilen < _TAGGED_L2)),
+            ]
+
+        # --- Stage 4: the record. ------------------------------------------------------------
+        nw_valid = ((s3.dl_type == h.ETHERTYPE_IPV4) & s3_room_ip &
+                    (s3_ip.ver_ihl[4:8] == 4) & (s3_ip.ver_ihl[0:4] >= 5) & s3_room_options)
+        tp_valid = (nw_valid & ((s3_ip.proto == h.IPPROTO_TCP) | (s3_ip.proto == h.IPPROTO_UDP)) &
+                    ((s3_ip.flags_frag & h.IPV4_FRAG_OFFSET) == 0) & s3_room_ports)
 
         rec = Signal(ParsedHeaders)
         m.d.comb += [
-            rec.eq(s2),
-            rec.dl_dst.eq(ieth.dst),
-            rec.dl_src.eq(ieth.src),
-            rec.vlan_valid.eq(itagged),
-            rec.tci.eq(Mux(itagged, itci, 0)),
-            rec.dl_type.eq(itype),
+            rec.eq(s3),
             rec.nw_valid.eq(nw_valid),
             rec.tp_valid.eq(tp_valid),
-            rec.nw_src.eq(Mux(nw_valid, iip.src, 0)),
-            rec.nw_dst.eq(Mux(nw_valid, iip.dst, 0)),
-            rec.nw_proto.eq(Mux(nw_valid, iip.proto, 0)),
-            rec.tp_src.eq(Mux(tp_valid, byteswap(tp_raw[0:16], 2), 0)),
-            rec.tp_dst.eq(Mux(tp_valid, byteswap(tp_raw[16:32], 2), 0)),
-            rec.drop.eq(s2.drop | inner_truncated),
-            rec.reason.eq(Mux(inner_truncated, DropReason.TRUNCATED, s2.reason)),
-            rec.decap.eq(s2.decap & ~inner_truncated),
+            rec.nw_src.eq(Mux(nw_valid, s3_ip.src, 0)),
+            rec.nw_dst.eq(Mux(nw_valid, s3_ip.dst, 0)),
+            rec.nw_proto.eq(Mux(nw_valid, s3_ip.proto, 0)),
+            rec.tp_src.eq(Mux(tp_valid, byteswap(s3_tp[0:16], 2), 0)),
+            rec.tp_dst.eq(Mux(tp_valid, byteswap(s3_tp[16:32], 2), 0)),
+            rec.drop.eq(s3.drop | s3_truncated),
+            rec.reason.eq(Mux(s3_truncated, DropReason.TRUNCATED, s3.reason)),
+            rec.decap.eq(s3.decap & ~s3_truncated),
         ]
 
         # --- Records queue. ------------------------------------------------------------------
         m.d.comb += [
             queue.w_data.eq(rec),
-            queue.w_en.eq(s2_valid),
+            queue.w_en.eq(s3_valid),
             self.o_hdr.valid.eq(queue.r_rdy),
             self.o_hdr.p.eq(queue.r_data),
             queue.r_en.eq(self.o_hdr.ready),

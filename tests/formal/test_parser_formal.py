@@ -5,7 +5,7 @@
   handshake (a beat offered is neither withdrawn nor changed until taken).
 - One record per frame, in order (bounded, 10 cycles from reset: up to 5 one-beat frames, any stalls on all three
   ports): records out never outnumber frames ended; no more than ``queue_depth`` frames wait
-  for their record; a frame that ended gets a record offered within 5 cycles unless another
+  for their record; a frame that ended gets a record offered within 6 cycles unless another
   one is waiting; the record of the frame picked by ``AnyConst`` carries that frame's port, so
   records leave in frame order.
 
@@ -34,7 +34,7 @@ from .contracts import ACCOUNT_BITS, Withdrawing, contract_module, stream_sink, 
 
 CONFIG = VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)
 QUEUE_DEPTH = 4
-RECORD_LATENCY = 5
+RECORD_LATENCY = 6
 BMC_DEPTH = 10
 
 
