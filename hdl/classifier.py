@@ -96,8 +96,14 @@ class Classifier(wiring.Component):
     Lookup: the flow key is looked up once per active exact profile (``CONFIG.profile_count``,
     at most ``geometry.exact_profiles``): masked by the profile's mask, hashed with the H3 masks
     of :func:`openvtep.tables.hash_masks` of the selected seed for both banks, both buckets read
-    from block RAM and all ``BANKS * SLOTS`` slots compared. The wildcard entries (registers)
-    are compared in parallel with the first lookup, the first matching position winning. The
+    from block RAM and all ``BANKS * SLOTS`` slots compared. The wildcard table is looked up in
+    parallel with the first lookup, the first matching position winning. It is a ternary CAM
+    in block RAM: the key is cut into chunks of ``chunk_bits`` bits, and chunk ``j``'s memory
+    holds, at each of its ``2**chunk_bits`` addresses ``a``, one bit per position: whether
+    ``a`` matches that position's value and mask over the chunk. A position matches a key when
+    it is valid and every chunk's word at the key's chunk has its bit set (an AND of
+    ``ceil(KEY_BITS / chunk_bits)`` words; 33 block RAMs of 512 x 36 hold up to 36 positions
+    at the default 9 bits, where registers took some 1,200 LUTs per position). The
     frame's winner is the smallest rule index among all hits; none is a table miss
     (``DropReason.TABLE_MISS``). Its action (block RAM, indexed by rule index) is the command;
     its 64-bit packet and byte counters (block RAM) are incremented by read-modify-write, with
@@ -116,18 +122,24 @@ class Classifier(wiring.Component):
     Tables and counters are read and written through ``bus`` (:class:`openvtep.hdl.bus.Signature`)
     with the address map of :mod:`openvtep.regmap` (``CLASSIFIER`` range). Every request is
     answered the next cycle, except a ``COMMAND`` write: it holds new frames back, waits until
-    no lookup is in flight, runs, and is answered when done (3 or more cycles), so frames see
-    each entry wholly before or after a write. Unknown addresses, and writes to read-only
-    words, answer ``r_err``. After reset every table is empty and ``profile_count`` is 0: every
-    frame misses until tables are loaded.
+    no lookup is in flight, runs, and is answered when done (3 or more cycles; a wildcard
+    write rewrites its position's bit at every address of every chunk memory, read-modify-write,
+    ``2**chunk_bits + 1`` cycles more), so frames see each entry wholly before or after a
+    write. The wildcard entries as written are kept in a memory of their own for reading back.
+    Unknown addresses, and writes to read-only words, answer ``r_err``. After reset every table
+    is empty (the wildcard positions' valid bits are registers) and ``profile_count`` is 0:
+    every frame misses until tables are loaded.
 
     Parameters
     ----------
     geometry : openvtep.tables.Geometry
         Table sizes (the same the host compiler places rules for); default ``Geometry()``.
+    chunk_bits : int
+        Key bits per wildcard CAM memory (1 to 10): its depth is ``2**chunk_bits``. The default
+        9 fills an ECP5 block RAM (512 x 36) or an iCE40's (512 x 8).
     """
 
-    def __init__(self, geometry=None):
+    def __init__(self, geometry=None, *, chunk_bits=9):
         geometry = Geometry() if geometry is None else geometry
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an openvtep.tables.Geometry, not {geometry!r}")
@@ -136,7 +148,10 @@ class Classifier(wiring.Component):
                              f"{geometry.rules}")
         if geometry.wildcard_entries > 1 << 16 or geometry.hash_seeds > 16:
             raise ValueError("the register map holds up to 65536 wildcard entries and 16 seeds")
+        if not isinstance(chunk_bits, int) or not 1 <= chunk_bits <= 10:
+            raise ValueError(f"chunk_bits must be an integer 1..10, not {chunk_bits!r}")
         self.geometry = geometry
+        self.chunk_bits = chunk_bits
         super().__init__({
             "i": In(stream.Signature(ParsedHeaders)),
             "o": Out(stream.Signature(Verdict)),
@@ -159,8 +174,6 @@ class Classifier(wiring.Component):
         profile_count = Signal(4)
         seed = Signal(4)
         masks = [Signal(KEY_BITS, name=f"profile_mask{p}") for p in range(n_profiles)]
-        wildcard = [Signal(wild_layout, name=f"wildcard{k}")
-                    for k in range(geo.wildcard_entries)]
         entry_bits = max(row_layout.size, wild_layout.size, KEY_BITS, action_layout.size,
                          counter_layout.size)
         staging = [Signal(32, name=f"staging{k}") for k in range(-(-entry_bits // 32))]
@@ -176,6 +189,23 @@ class Classifier(wiring.Component):
         m.submodules.counters = counters = Memory(shape=counter_layout, depth=geo.rules,
                                                   init=[])
         cnt_rp, cnt_wp = counters.read_port(), counters.write_port()
+
+        # The wildcard CAM: one memory per key chunk (see the class docstring), each position's
+        # validity and rule index in registers (all are needed at once), and the entries as
+        # written, for reading back.
+        n_wild, cbits = geo.wildcard_entries, self.chunk_bits
+        chunk_ports = []
+        for j in range(-(-KEY_BITS // cbits)):
+            mem = Memory(shape=n_wild, depth=1 << cbits, init=[])
+            m.submodules[f"wild_chunk{j}"] = mem
+            chunk_ports.append((mem.read_port(), mem.write_port()))
+        wild_valid = Signal(n_wild)
+        wild_index = [Signal(index_shape, name=f"wild_index{k}") for k in range(n_wild)]
+        m.submodules.wild_entries = wild_entries = Memory(shape=wild_layout, depth=n_wild,
+                                                          init=[])
+        wild_rp, wild_wp = wild_entries.read_port(), wild_entries.write_port()
+        sweep = Signal(cbits + 1)   # a wildcard write's read address; it writes the one before
+        sweeping = Signal()
 
         cmd_index = Signal(24)  # the register port's table command: entry index
         bus_bank = cmd_index[rm.BANK_SHIFT:rm.BANK_SHIFT + max(1, (BANKS - 1).bit_length())]
@@ -205,16 +235,17 @@ class Classifier(wiring.Component):
         with m.If(issue):
             m.d.sync += p.eq(Mux(last, 0, p + 1))
 
-        w_hit, w_index = _first_position([
-            (entry.valid & ((key_in & entry.mask) == entry.value), entry.index)
-            for entry in wildcard]) if wildcard else (Const(0, 1), Const(0, index_shape))
+        # The wildcard CAM is addressed by the key's chunks as the record is issued.
+        for j, (rp, _) in enumerate(chunk_ports):
+            chunk = _fit(key_in[j * cbits:(j + 1) * cbits], cbits)
+            m.d.comb += [rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk)),
+                         rp.en.eq(advance | sweeping)]
 
         def stage(name, **fields):
             return {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
 
-        common = {"valid": 1, "first": 1, "last": 1, "rec": ParsedHeaders, "w_hit": 1,
-                  "w_index": index_shape}
-        sa = stage("sa", key=KEY_BITS, p=PROFILE_BITS, on=1, **common)
+        common = {"valid": 1, "first": 1, "last": 1, "rec": ParsedHeaders}
+        sa = stage("sa", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
         with m.If(advance):
             m.d.sync += sa["valid"].eq(issue)
             with m.If(issue):
@@ -225,11 +256,14 @@ class Classifier(wiring.Component):
                     sa["first"].eq(p == 0),
                     sa["last"].eq(last),
                     sa["rec"].eq(rec_in),
-                    sa["w_hit"].eq(w_hit & ~rec_in.drop),
-                    sa["w_index"].eq(w_index),
+                    sa["w_on"].eq(~rec_in.drop),
                 ]
 
-        # --- Stage A: hash, address both banks. ---------------------------------------------
+        # --- Stage A: hash, address both banks; the wildcard CAM's words give its winner. -----
+        matches = wild_valid
+        for rp, _ in chunk_ports:
+            matches = matches & rp.data
+        w_hit, w_index = _first_position([(matches[k], wild_index[k]) for k in range(n_wild)])
         word = Cat(sa["key"], sa["p"])
         for bank, (rp, _) in enumerate(bank_ports):
             hashes = []
@@ -243,9 +277,11 @@ class Classifier(wiring.Component):
                 rp.en.eq(advance | bus_exec),
             ]
 
-        sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, **common)
+        wild = {"w_hit": 1, "w_index": index_shape}
+        sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, **wild, **common)
         with m.If(advance):
-            m.d.sync += [sb[k].eq(sa[k]) for k in sb]
+            m.d.sync += [sb[k].eq(sa[k]) for k in sb if k in sa]
+            m.d.sync += [sb["w_hit"].eq(sa["w_on"] & w_hit), sb["w_index"].eq(w_index)]
 
         # --- Stage B: compare every slot of both buckets. -----------------------------------
         slots = []
@@ -256,9 +292,9 @@ class Classifier(wiring.Component):
                               & (entry.key == sb["key"]), entry.index))
         c_hit, c_index = _first_hit(slots)
 
-        sc = stage("sc", c_hit=1, c_index=index_shape, **common)
+        sc = stage("sc", c_hit=1, c_index=index_shape, **wild, **common)
         with m.If(advance):
-            m.d.sync += [sc[k].eq(sb[k]) for k in common]
+            m.d.sync += [sc[k].eq(sb[k]) for k in (*common, *wild)]
             m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index)]
 
         # --- Stage C: the frame's best hit so far; the last lookup reads action, counters. --
@@ -343,6 +379,35 @@ class Classifier(wiring.Component):
                 wp.en.eq(bus_exec & is_write & (table == rm.TABLE_EXACT) & (bus_bank == bank)),
             ]
 
+        # A wildcard write: the entry as written, its validity and index; then the sweep sets
+        # the position's bit of every chunk memory word to whether the word's address matches
+        # the entry's value and mask over that chunk (bits past the key match anything).
+        new = data.View(wild_layout, staged[:wild_layout.size])
+        position = cmd_index[:max(1, (n_wild - 1).bit_length())]
+        wild_write = Signal()
+        m.d.comb += [
+            wild_write.eq(is_write & (table == rm.TABLE_WILDCARD) & (cmd_index < n_wild)),
+            wild_rp.addr.eq(position),
+            wild_rp.en.eq(bus_exec),
+            wild_wp.addr.eq(position),
+            wild_wp.data.eq(new),
+            wild_wp.en.eq(bus_exec & wild_write),
+        ]
+        swept = (sweep - 1)[:cbits]
+        for j, (rp, wp) in enumerate(chunk_ports):
+            value = _fit(new.value[j * cbits:(j + 1) * cbits], cbits)
+            mask = _fit(new.mask[j * cbits:(j + 1) * cbits], cbits)
+            match = (swept & mask) == value
+            m.d.comb += [
+                wp.addr.eq(swept),
+                wp.data.eq(Cat(Mux(position == k, match, rp.data[k]) for k in range(n_wild))),
+                wp.en.eq(sweeping & (sweep != 0)),
+            ]
+
+        written = Signal(wild_layout)   # read back: valid is the register's (reset clears it)
+        m.d.comb += [written.eq(wild_rp.data),
+                     written.valid.eq(wild_valid.bit_select(position, 1))]
+
         m.d.sync += [bus.r_valid.eq(0), bus.r_err.eq(0)]
 
         def capture(value):
@@ -390,14 +455,22 @@ class Classifier(wiring.Component):
                         for k, mask in enumerate(masks):
                             with m.If(cmd_index == k):
                                 m.d.sync += mask.eq(staged[:KEY_BITS])
-                    with m.If(table == rm.TABLE_WILDCARD):
-                        for k, entry in enumerate(wildcard):
-                            with m.If(cmd_index == k):
-                                m.d.sync += entry.eq(staged[:wild_layout.size])
-                    m.d.sync += bus.r_valid.eq(1)
-                    m.next = "Idle"
+                    with m.If(wild_write):
+                        for k, index in enumerate(wild_index):
+                            with m.If(position == k):
+                                m.d.sync += [wild_valid[k].eq(new.valid), index.eq(new.index)]
+                        m.d.sync += sweep.eq(0)
+                        m.next = "Sweep"
+                    with m.Else():
+                        m.d.sync += bus.r_valid.eq(1)
+                        m.next = "Idle"
                 with m.Else():
                     m.next = "Capture"
+            with m.State("Sweep"):
+                m.d.sync += sweep.eq(sweep + 1)
+                with m.If(sweep == 1 << cbits):
+                    m.d.sync += bus.r_valid.eq(1)
+                    m.next = "Idle"
             with m.State("Capture"):
                 with m.Switch(table):
                     with m.Case(rm.TABLE_EXACT):
@@ -405,7 +478,7 @@ class Classifier(wiring.Component):
                     with m.Case(rm.TABLE_PROFILE):
                         capture(Array(masks)[cmd_index[:max(1, (n_profiles - 1).bit_length())]])
                     with m.Case(rm.TABLE_WILDCARD):
-                        capture(Array(wildcard)[cmd_index[:16]])
+                        capture(written)
                     with m.Case(rm.TABLE_ACTION):
                         capture(act_rp.data)
                     with m.Case(rm.TABLE_COUNTER):
@@ -416,6 +489,7 @@ class Classifier(wiring.Component):
             bus.ready.eq(fsm.ongoing("Idle")),
             pause.eq(~fsm.ongoing("Idle")),
             bus_exec.eq(fsm.ongoing("Execute")),
+            sweeping.eq(fsm.ongoing("Sweep")),
         ]
 
         return m

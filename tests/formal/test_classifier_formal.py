@@ -7,8 +7,9 @@ entries, one hash seed, 16-bit rule indices.
   offered on ``o`` is neither withdrawn nor changed until taken.
 - Priority (bounded, ``LOOKUP_DEPTH`` cycles from reset, any stalls): with *any* table
   contents (both bank rows written with ``AnyConst`` rows as the run starts, through an extra
-  memory write port; the wildcard entries, profile masks and ``profile_count`` starting from
-  any value) and the register port idle, every verdict for a record the parser did not drop
+  memory write port; the wildcard CAM's chunk memories likewise, every word, with what
+  ``AnyConst`` values and masks make of them; the wildcard positions' valid bits and indices,
+  profile masks and ``profile_count`` starting from any value) and the register port idle, every verdict for a record the parser did not drop
   says ``hit`` exactly when some entry matches the record's flow key, and then names the
   smallest rule index among all matching entries, exact and wildcard alike
   (openvtep.tables: a rule's index is its OpenFlow rank). The matching is computed here,
@@ -28,6 +29,10 @@ the unrolling small, records are the picked one or one other arbitrary record, f
 run, in any order; and the priority runs leave the handshake to its own proof (``o.ready`` is
 free there, nothing asserted about it).
 
+The wildcard CAM is cut into 1-bit chunks here (292 memories of 2 words; the boards use 9
+bits): its lookup is what is proven; that a wildcard write fills the chunk memories so is
+shown by the simulation tests (``tests/hdl/test_classifier.py``, two chunk sizes).
+
 The one assumption on the tables is the host compiler's (openvtep.regmap ``TABLE_WILDCARD``):
 valid wildcard entries are loaded in ascending rule index, as the hardware takes the first
 matching position. The flow key is the classifier's own :func:`flow_key` (the layout of
@@ -38,7 +43,7 @@ from unittest import mock
 
 import pytest
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assert, Assume, Cover, Elaboratable, Mux, Signal
+from amaranth.hdl import Assert, Assume, Cat, Cover, Elaboratable, Mux, Signal
 from amaranth.lib import data
 
 from openvtep import regmap as rm
@@ -47,7 +52,7 @@ from openvtep.hdl.classifier import Classifier, flow_key
 from openvtep.hdl.headers import ParsedHeaders
 from openvtep.headers import DropReason
 from openvtep.sim import formal
-from openvtep.tables import BANKS, SLOTS, Geometry
+from openvtep.tables import BANKS, KEY_BITS, SLOTS, Geometry
 
 from .contracts import (
     ACCOUNT_BITS,
@@ -65,6 +70,7 @@ def geometry(profiles):
 
 
 GEOMETRY = geometry(2)
+CHUNK_BITS = 1      # the priority proof's wildcard CAM chunks
 PROFILES = [1, 2]
 LOOKUP_DEPTH = 7
 MAX_STALL = 2
@@ -105,7 +111,7 @@ class ClassifierContract(Elaboratable):
         took_in = stream_source(m, dut.i, "i",
                                 payload=Mux(AnySeq(1), picked.as_value(), AnyConst(size)))
         geo = dut.geometry
-        tables = ([f"wildcard{k}" for k in range(geo.wildcard_entries)]
+        tables = ([f"wild_index{k}" for k in range(geo.wildcard_entries)] + ["wild_valid"]
                   + [f"profile_mask{p}" for p in range(geo.exact_profiles)] + ["profile_count"])
         module, regs = internals(m, dut, platform, tables)
         formal.free_init(*regs.values())
@@ -125,8 +131,19 @@ class ClassifierContract(Elaboratable):
             port = module.submodules[f"bank{bank}"].write_port()
             m.d.comb += [port.addr.eq(0), port.data.eq(row), port.en.eq(Initial())]
             exact.extend(row[slot] for slot in range(SLOTS))
-        wildcard = [data.View(wild_layout, regs[f"wildcard{k}"])
+        wildcard = [data.View(wild_layout, Cat(regs["wild_valid"][k], regs[f"wild_index{k}"],
+                                               AnyConst(2 * KEY_BITS)))
                     for k in range(geo.wildcard_entries)]
+        cbits = dut.chunk_bits
+        for j in range(-(-KEY_BITS // cbits)):
+            memory = module.submodules[f"wild_chunk{j}"]
+            for address in range(1 << cbits):
+                words = [(entry.value[j * cbits:(j + 1) * cbits],
+                          entry.mask[j * cbits:(j + 1) * cbits]) for entry in wildcard]
+                port = memory.write_port()
+                m.d.comb += [port.addr.eq(address), port.en.eq(Initial()),
+                             port.data.eq(Cat(((address & mask) == value)
+                                              for value, mask in words))]
         masks = [regs[f"profile_mask{p}"] for p in range(geo.exact_profiles)]
         count = regs["profile_count"]
         for k, first in enumerate(wildcard):
@@ -237,18 +254,21 @@ def test_classifier_handshake_broken():
 # Two profiles: the verdict of the first record, accumulated over both lookups (4.5 minutes).
 @pytest.mark.parametrize("profiles", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_classifier_priority_bmc(profiles):
-    formal.check(ClassifierContract(Classifier(geometry(profiles))),
-                 f"classifier_priority_p{profiles}", mode="bmc", depth=LOOKUP_DEPTH)
+    formal.check(ClassifierContract(Classifier(geometry(profiles), chunk_bits=CHUNK_BITS)),
+                 f"classifier_priority_p{profiles}", mode="bmc", depth=LOOKUP_DEPTH,
+                 map_memories=True)
 
 
 @pytest.mark.parametrize("profiles", PROFILES)
 def test_classifier_priority_cover(profiles):
-    formal.check(ClassifierContract(Classifier(geometry(profiles))),
-                 f"classifier_priority_p{profiles}", mode="cover", depth=LOOKUP_DEPTH)
+    formal.check(ClassifierContract(Classifier(geometry(profiles), chunk_bits=CHUNK_BITS)),
+                 f"classifier_priority_p{profiles}", mode="cover", depth=LOOKUP_DEPTH,
+                 map_memories=True)
 
 
 @pytest.mark.parametrize("profiles", PROFILES)
 def test_classifier_priority_broken(profiles):
-    formal.check_fails(ClassifierContract(SlotOrderClassifier(geometry(profiles))),
+    formal.check_fails(ClassifierContract(SlotOrderClassifier(geometry(profiles),
+                                                         chunk_bits=CHUNK_BITS)),
                        f"classifier_priority_slot_order_p{profiles}", mode="bmc",
-                       depth=LOOKUP_DEPTH)
+                       depth=LOOKUP_DEPTH, map_memories=True)

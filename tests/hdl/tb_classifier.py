@@ -236,6 +236,17 @@ async def lookups(dut):
             entry = await regs.read_entry(rm.TABLE_ACTION, index, rm.action_layout())
             assert entry == rm.action_fields(image.actions[index]), \
                 f"seed {seed}: action {index} reads back {entry}"
+        wildcard = sorted(image.wildcard, key=lambda entry: entry[2])
+        for position in range(geo.wildcard_entries):
+            entry = await regs.read_entry(rm.TABLE_WILDCARD, position, rm.WILDCARD_ENTRY)
+            if position < len(wildcard):
+                value, mask, index = wildcard[position]
+                expected = {"valid": 1, "index": index, "value": value, "mask": mask}
+                assert entry == expected, \
+                    f"seed {seed}: wildcard position {position} reads back {entry}"
+            else:  # never written since reset, or cleared by the reload
+                assert not entry["valid"], \
+                    f"seed {seed}: unused wildcard position {position} reads back {entry}"
         for (bank, bucket, slot), (profile, key, index) in list(image.exact.items())[:3]:
             bits = rm.layout_bits(rm.EXACT_ENTRY)
             row = await regs.read_raw(rm.TABLE_EXACT, bank << rm.BANK_SHIFT | bucket,

@@ -20,13 +20,20 @@ TB = Path(__file__).with_name("tb_classifier.py")
 SMALL = {"exact_entries": 256, "exact_profiles": 4, "wildcard_entries": 16, "hash_seeds": 2}
 
 
-def _run(geometry, **params):
-    run_cocotb(Classifier(Geometry(**geometry)), TB, name="classifier", testcase="lookups",
-               params={"geometry": geometry, **params})
+def _run(geometry, chunk_bits=9, **params):
+    run_cocotb(Classifier(Geometry(**geometry), chunk_bits=chunk_bits), TB, name="classifier",
+               testcase="lookups", params={"geometry": geometry, **params})
 
 
 def test_lookups():
     _run(SMALL, frames=300, rules=60, idle=0.2, backpressure=0.3, reload=True)
+
+
+def test_lookups_other_chunking():
+    """The wildcard CAM cut into 5-bit chunks (the last one part padding) finds the same
+    winners, and its entries, rewritten by the reload, read back as written."""
+    _run(dict(SMALL, wildcard_entries=5), chunk_bits=5, frames=150, rules=40, idle=0.2,
+         backpressure=0.3, reload=True)
 
 
 @pytest.mark.slow
@@ -49,6 +56,9 @@ def test_bad_geometry():
         Classifier({"exact_entries": 64})
     with pytest.raises(ValueError):
         Classifier(Geometry(exact_entries=4 * 65536))
+    for chunk_bits in (0, 11, 4.5):
+        with pytest.raises(ValueError, match="chunk_bits"):
+            Classifier(Geometry(), chunk_bits=chunk_bits)
 
 
 def test_table_writes_only_touch_what_changes():
