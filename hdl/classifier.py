@@ -235,12 +235,6 @@ class Classifier(wiring.Component):
         with m.If(issue):
             m.d.sync += p.eq(Mux(last, 0, p + 1))
 
-        # The wildcard CAM is addressed by the key's chunks as the record is issued.
-        for j, (rp, _) in enumerate(chunk_ports):
-            chunk = _fit(key_in[j * cbits:(j + 1) * cbits], cbits)
-            m.d.comb += [rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk)),
-                         rp.en.eq(advance | sweeping)]
-
         def stage(name, **fields):
             return {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
 
@@ -259,11 +253,13 @@ class Classifier(wiring.Component):
                     sa["w_on"].eq(~rec_in.drop),
                 ]
 
-        # --- Stage A: hash, address both banks; the wildcard CAM's words give its winner. -----
-        matches = wild_valid
-        for rp, _ in chunk_ports:
-            matches = matches & rp.data
-        w_hit, w_index = _first_position([(matches[k], wild_index[k]) for k in range(n_wild)])
+        # --- Stage A: hash, address both banks and the wildcard CAM (by the unmasked key's
+        # chunks, from registers: its 33 block RAMs are spread over the chip). ----------------
+        key_a = flow_key(sa["rec"])
+        for j, (rp, _) in enumerate(chunk_ports):
+            chunk = _fit(key_a[j * cbits:(j + 1) * cbits], cbits)
+            m.d.comb += [rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk)),
+                         rp.en.eq(advance | sweeping)]
         word = Cat(sa["key"], sa["p"])
         for bank, (rp, _) in enumerate(bank_ports):
             hashes = []
@@ -277,13 +273,11 @@ class Classifier(wiring.Component):
                 rp.en.eq(advance | bus_exec),
             ]
 
-        wild = {"w_hit": 1, "w_index": index_shape}
-        sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, **wild, **common)
+        sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
         with m.If(advance):
-            m.d.sync += [sb[k].eq(sa[k]) for k in sb if k in sa]
-            m.d.sync += [sb["w_hit"].eq(sa["w_on"] & w_hit), sb["w_index"].eq(w_index)]
+            m.d.sync += [sb[k].eq(sa[k]) for k in sb]
 
-        # --- Stage B: compare every slot of both buckets. -----------------------------------
+        # --- Stage B: compare every slot of both buckets; the wildcard CAM's words. -----------
         slots = []
         for rp, _ in bank_ports:
             for slot in range(SLOTS):
@@ -291,11 +285,17 @@ class Classifier(wiring.Component):
                 slots.append((sb["on"] & entry.valid & (entry.profile == sb["p"])
                               & (entry.key == sb["key"]), entry.index))
         c_hit, c_index = _first_hit(slots)
+        # The wildcard CAM's winner: the first position whose word is set in every chunk.
+        matches = wild_valid
+        for rp, _ in chunk_ports:
+            matches = matches & rp.data
+        w_hit, w_index = _first_position([(matches[k], wild_index[k]) for k in range(n_wild)])
 
-        sc = stage("sc", c_hit=1, c_index=index_shape, **wild, **common)
+        sc = stage("sc", c_hit=1, c_index=index_shape, w_hit=1, w_index=index_shape, **common)
         with m.If(advance):
-            m.d.sync += [sc[k].eq(sb[k]) for k in (*common, *wild)]
-            m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index)]
+            m.d.sync += [sc[k].eq(sb[k]) for k in common]
+            m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index),
+                         sc["w_hit"].eq(sb["w_on"] & w_hit), sc["w_index"].eq(w_index)]
 
         # --- Stage C: the frame's best hit so far; the last lookup reads action, counters. --
         acc_hit = Signal()

@@ -6,7 +6,8 @@ The classifier (``openvtep.hdl.classifier``) looks up each frame's *flow key* in
   buckets of ``SLOTS`` slots. It serves up to ``exact_profiles`` *profiles* (one mask over the
   flow key each); a frame is looked up once per profile, with its key masked by the profile's
   mask. Entry: (valid, profile, masked key, rule index).
-- a **wildcard table**: a few (value, mask, rule index) entries compared in parallel.
+- a **wildcard table**: (value, mask, rule index) entries by position, all looked up at
+  once (a ternary CAM in block RAM), the first matching position winning.
 
 Every rule gets a hardware *rule index* equal to its rank in OpenFlow order (priority
 descending, then file order), so the winning rule among all hits is simply the smallest index:
