@@ -9,9 +9,10 @@ entries, one hash seed, 16-bit rule indices.
   contents (both bank rows written with ``AnyConst`` rows as the run starts, through an extra
   memory write port; the wildcard CAM's chunk memories likewise, every word, with what
   ``AnyConst`` values and masks make of them; the wildcard positions' valid bits and indices,
-  profile masks and ``profile_count`` starting from any value) and the register port idle, every verdict for a record the parser did not drop
-  says ``hit`` exactly when some entry matches the record's flow key, and then names the
-  smallest rule index among all matching entries, exact and wildcard alike
+  profile masks and ``profile_count`` starting from any value) and the register port idle,
+  every verdict for a record the parser did not drop says ``hit`` exactly when some entry
+  matches the record's flow key, and then names the smallest rule index among all matching
+  entries, exact and wildcard alike
   (openvtep.tables: a rule's index is its OpenFlow rank). The matching is computed here,
   independently of the classifier's pipeline: an exact entry matches when it is valid, its
   profile is active (below ``profile_count``, at most the geometry's) and it equals the key
