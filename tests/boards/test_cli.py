@@ -143,3 +143,35 @@ def test_dfu_suffix(tmp_path):
     # bcdDevice ffff, idProduct 5af0, idVendor 1209, bcdDFU 0100, "UFD", length 16 (LE)
     assert data[200:212] == bytes.fromhex("fffff05a0912000155464410")
     assert int.from_bytes(data[212:], "little") == zlib.crc32(data[:212]) ^ 0xFFFFFFFF
+
+
+def test_route_progress_from_the_router_log(tmp_path):
+    """While nextpnr routes, every router2 iteration shows how many wires are still overused
+    (a route that stops converging is visible in the progress, not after an hour)."""
+    import io
+
+    from openvtep.boards.build import _Progress, _run, route_progress
+    log_lines = [
+        "Info: Max frequency for clock '$glbnet$clk': 41.61 MHz (PASS at 30.00 MHz)",
+        "Info: Routing globals...",
+        "Info:     routing clock net $glbnet$clk using global 0",
+        "Info: Running router2...",
+        "Info:     iter=1 wires=502347 overused=37507 overuse=44851 archfail=NA",
+        "Info:     iter=2 wires=518110 overused=25373 overuse=27921 archfail=NA",
+        "Info: Router2 time 12.00s",
+    ]
+    assert route_progress(log_lines[4]) == \
+        "route iteration 1: 37,507 of 502,347 wires overused"
+    assert route_progress(log_lines[0]) is None and route_progress(log_lines[-1]) is None
+    said = []
+    progress = _Progress("test", said.append)
+    progress.enter("place")
+    script = "import sys; sys.stdout.write(" + repr("\n".join(log_lines) + "\n") + ")"
+    log = io.StringIO()
+    code, lines = _run([sys.executable, "-c", script], str(tmp_path), log, progress, "place")
+    progress.finish()
+    assert code == 0 and lines == log_lines
+    shown = [line.split("] ", 1)[1] for line in said]
+    assert shown == ["place", "route", "route iteration 1: 37,507 of 502,347 wires overused",
+                     "route iteration 2: 25,373 of 518,110 wires overused"]
+    assert log.getvalue().splitlines()[-len(log_lines):] == log_lines   # the tool's output
