@@ -38,7 +38,8 @@ from openvtep.errors import UserError
 
 from .boards import BOARDS, get_board
 
-__all__ = ["TOOLCHAINS", "BuildError", "build", "format_report", "resolve_tool", "route_progress"]
+__all__ = ["TOOLCHAINS", "BuildError", "build", "format_report", "resolve_tool",
+           "route_progress"]
 
 TOOLCHAINS = ("yowasp", "system")
 HEARTBEAT_SECONDS = 30
@@ -57,17 +58,6 @@ _PHASES = {"yosys": "synthesis", "nextpnr-ice40": "place", "nextpnr-ecp5": "plac
 # nextpnr's log: where routing starts, and the lines that carry results.
 _ROUTE_START = re.compile(r"^Info: (Routing globals|Routing\.\.|Setting up routing|Router2)")
 _ROUTER2_ITER = re.compile(r"^Info:\s+iter=(\d+) wires=(\d+) overused=(\d+)")
-
-
-def route_progress(line):
-    """What a router2 iteration line of nextpnr's log says, for the progress display (wires
-    still overused fall to 0 as routing converges; if they stop falling, it will not), or
-    None for any other line."""
-    m = _ROUTER2_ITER.match(line)
-    if not m:
-        return None
-    return (f"route iteration {m.group(1)}: {int(m.group(3)):,} of {int(m.group(2)):,} wires "
-            f"overused")
 _FMAX_LINE = re.compile(r"Max frequency for clock\s+'([^']+)':\s*([\d.]+) MHz\s*"
                         r"\((PASS|FAIL) at ([\d.]+) MHz\)")
 _UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
@@ -190,6 +180,17 @@ class _Progress:
                 phase, since = self.phase, time.monotonic() - self.phase_start
             if phase and since >= HEARTBEAT_SECONDS / 2:
                 self.say(f"... {phase} running for {since:.0f}s")
+
+
+def route_progress(line):
+    """What a router2 iteration line of nextpnr's log says, for the progress display (wires
+    still overused fall to 0 as routing converges; if they stop falling, it will not), or
+    None for any other line."""
+    m = _ROUTER2_ITER.match(line)
+    if not m:
+        return None
+    return (f"route iteration {m.group(1)}: {int(m.group(3)):,} of {int(m.group(2)):,} wires "
+            f"overused")
 
 
 def _run(argv, cwd, log, progress, phase):

@@ -138,9 +138,9 @@ class ClassifierContract(Elaboratable):
         cbits = dut.chunk_bits
         for j in range(-(-KEY_BITS // cbits)):
             memory = module.submodules[f"wild_chunk{j}"]
+            words = [(entry.value[j * cbits:(j + 1) * cbits],
+                      entry.mask[j * cbits:(j + 1) * cbits]) for entry in wildcard]
             for address in range(1 << cbits):
-                words = [(entry.value[j * cbits:(j + 1) * cbits],
-                          entry.mask[j * cbits:(j + 1) * cbits]) for entry in wildcard]
                 port = memory.write_port()
                 m.d.comb += [port.addr.eq(address), port.en.eq(Initial()),
                              port.data.eq(Cat(((address & mask) == value)
