@@ -31,6 +31,49 @@ class Verdict(data.Struct):
     punt: unsigned(1)
 
 
+# Row bits compared per registered match bit: an ECP5 block RAM's width (512 x 36), so each one
+# compares what one block RAM of a bank reads.
+ROW_GROUP = 36
+
+
+# An ECP5 block RAM (DP16KD) holds 18 Kbit as 512 x 36, 1024 x 18, 2048 x 9, 4096 x 4 ... bits.
+BLOCK_RAM_BITS = 18 * 1024
+BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
+
+
+class _Columns:
+    """A ``depth`` x ``shape`` memory with one read and one write port; deeper than 512 words,
+    stored as columns of as many bits as one block RAM holds at that depth (9 at 2048 words),
+    each its own :class:`Memory`. Yosys builds a deep, wide memory from 512 x 36 blocks and a
+    mux over their outputs (4 ways for 2048 actions of 313 bits: 1,252 wires converging on one
+    spot); columns read each block RAM's output straight out. Ports: ``r_addr``, ``r_en``,
+    ``r_data`` (a view of ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``."""
+
+    def __init__(self, m, name, shape, depth):
+        size = data.Layout.cast(shape).size
+        words = 1 << (depth - 1).bit_length()
+        if words * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
+            column = size      # 512 words or fewer: the widest blocks, no mux to avoid
+        else:
+            column = next((w for w in BLOCK_RAM_WIDTHS if w * words <= BLOCK_RAM_BITS), 1)
+        self.r_addr = Signal(range(depth), name=f"{name}_r_addr")
+        self.w_addr = Signal(range(depth), name=f"{name}_w_addr")
+        self.r_en, self.w_en = Signal(name=f"{name}_r_en"), Signal(name=f"{name}_w_en")
+        self.w_data = Signal(shape, name=f"{name}_w_data")
+        starts = range(0, size, column)
+        read = []
+        for k, start in enumerate(starts):
+            width = min(column, size - start)
+            mem = Memory(shape=width, depth=depth, init=[])
+            m.submodules[name if len(starts) == 1 else f"{name}{k}"] = mem
+            rp, wp = mem.read_port(), mem.write_port()
+            m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en),
+                         wp.addr.eq(self.w_addr), wp.en.eq(self.w_en),
+                         wp.data.eq(Value.cast(self.w_data)[start:start + width])]
+            read.append(rp.data)
+        self.r_data = data.View(data.Layout.cast(shape), Cat(*read))
+
+
 def _fit(value, bits):
     value = Value.cast(value)
     if len(value) >= bits:
@@ -96,7 +139,9 @@ class Classifier(wiring.Component):
     Lookup: the flow key is looked up once per active exact profile (``CONFIG.profile_count``,
     at most ``geometry.exact_profiles``): masked by the profile's mask, hashed with the H3 masks
     of :func:`openvtep.tables.hash_masks` of the selected seed for both banks, both buckets read
-    from block RAM and all ``BANKS * SLOTS`` slots compared. The wildcard table is looked up in
+    from block RAM and all ``BANKS * SLOTS`` slots compared (in pieces of ``ROW_GROUP`` row
+    bits, one block RAM's output each, registered: only match bits travel from the block RAMs
+    to the slot priority logic). The wildcard table is looked up in
     parallel with the first lookup, the first matching position winning. It is a ternary CAM
     in block RAM: the key is cut into chunks of ``chunk_bits`` bits, and chunk ``j``'s memory
     holds, at each of its ``2**chunk_bits`` addresses ``a``, one bit per position: whether
@@ -113,7 +158,7 @@ class Classifier(wiring.Component):
     Throughput: a frame takes ``max(1, active profiles)`` cycles (a dropped frame 1): with 4
     profiles, one frame every 4 cycles, so a 64-byte frame at W = 8 (8 cycles) keeps line rate.
 
-    Latency: from a record accepted on ``i`` to its verdict offered on ``o``: ``lookups + 3``
+    Latency: from a record accepted on ``i`` to its verdict offered on ``o``: ``lookups + 4``
     cycles.
 
     Backpressure: all stages advance together when ``o`` is empty or taken (``o.valid`` and
@@ -184,11 +229,8 @@ class Classifier(wiring.Component):
             mem = Memory(shape=row_layout, depth=geo.buckets, init=[])
             m.submodules[f"bank{bank}"] = mem
             bank_ports.append((mem.read_port(), mem.write_port()))
-        m.submodules.actions = actions = Memory(shape=action_layout, depth=geo.rules, init=[])
-        act_rp, act_wp = actions.read_port(), actions.write_port()
-        m.submodules.counters = counters = Memory(shape=counter_layout, depth=geo.rules,
-                                                  init=[])
-        cnt_rp, cnt_wp = counters.read_port(), counters.write_port()
+        actions = _Columns(m, "actions", action_layout, geo.rules)
+        counters = _Columns(m, "counters", counter_layout, geo.rules)
 
         # The wildcard CAM: one memory per key chunk (see the class docstring), each position's
         # validity and rule index in registers (all are needed at once), and the entries as
@@ -277,25 +319,46 @@ class Classifier(wiring.Component):
         with m.If(advance):
             m.d.sync += [sb[k].eq(sa[k]) for k in sb]
 
-        # --- Stage B: compare every slot of both buckets; the wildcard CAM's words. -----------
-        slots = []
-        for rp, _ in bank_ports:
+        # --- Stage B: compare each slot's entry where its row is read, one registered match
+        # bit per ROW_GROUP bits of the row (a block RAM's width), so only match bits travel
+        # from the block RAMs; AND the wildcard CAM's words. -----------------------------------
+        expected = Cat(Const(1, 1), sb["p"], sb["key"])   # an entry's valid, profile, key
+        slot_eqs, slot_indices = [], []
+        for bank, (rp, _) in enumerate(bank_ports):
+            row = Value.cast(rp.data)
             for slot in range(SLOTS):
-                entry = rp.data[slot]
-                slots.append((sb["on"] & entry.valid & (entry.profile == sb["p"])
-                              & (entry.key == sb["key"]), entry.index))
-        c_hit, c_index = _first_hit(slots)
-        # The wildcard CAM's winner: the first position whose word is set in every chunk.
+                start = slot * entry_layout.size
+                end = start + len(expected)
+                cuts = [start, *range(start - start % ROW_GROUP + ROW_GROUP, end, ROW_GROUP), end]
+                eqs = Signal(len(cuts) - 1, name=f"sm_eq{bank}_{slot}")
+                index = Signal(index_shape, name=f"sm_index{bank}_{slot}")
+                with m.If(advance):
+                    m.d.sync += [eqs.eq(Cat(row[a:b] == expected[a - start:b - start]
+                                            for a, b in zip(cuts, cuts[1:]))),
+                                 index.eq(rp.data[slot].index)]
+                slot_eqs.append(eqs)
+                slot_indices.append(index)
         matches = wild_valid
         for rp, _ in chunk_ports:
             matches = matches & rp.data
-        w_hit, w_index = _first_position([(matches[k], wild_index[k]) for k in range(n_wild)])
+
+        sm = stage("sm", on=1, w_on=1, w_matches=n_wild, **common)
+        with m.If(advance):
+            m.d.sync += [sm[k].eq(sb[k]) for k in ("on", "w_on", *common)]
+            m.d.sync += sm["w_matches"].eq(matches)
+
+        # --- Stage M: the exact table's winner among all slots; the wildcard CAM's: the first
+        # position whose word is set in every chunk. ----------------------------------------
+        c_hit, c_index = _first_hit([(sm["on"] & eqs.all(), index)
+                                     for eqs, index in zip(slot_eqs, slot_indices)])
+        w_matches = sm["w_matches"]
+        w_hit, w_index = _first_position([(w_matches[k], wild_index[k]) for k in range(n_wild)])
 
         sc = stage("sc", c_hit=1, c_index=index_shape, w_hit=1, w_index=index_shape, **common)
         with m.If(advance):
-            m.d.sync += [sc[k].eq(sb[k]) for k in common]
+            m.d.sync += [sc[k].eq(sm[k]) for k in common]
             m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index),
-                         sc["w_hit"].eq(sb["w_on"] & w_hit), sc["w_index"].eq(w_index)]
+                         sc["w_hit"].eq(sm["w_on"] & w_hit), sc["w_index"].eq(w_index)]
 
         # --- Stage C: the frame's best hit so far; the last lookup reads action, counters. --
         acc_hit = Signal()
@@ -306,10 +369,10 @@ class Classifier(wiring.Component):
         with m.If(advance & sc["valid"]):
             m.d.sync += [acc_hit.eq(best_hit), acc_index.eq(best_index)]
         m.d.comb += [
-            act_rp.addr.eq(Mux(bus_exec, cmd_index, best_index)),
-            act_rp.en.eq(advance | bus_exec),
-            cnt_rp.addr.eq(Mux(bus_exec, cmd_index, best_index)),
-            cnt_rp.en.eq(advance | bus_exec),
+            actions.r_addr.eq(Mux(bus_exec, cmd_index, best_index)),
+            actions.r_en.eq(advance | bus_exec),
+            counters.r_addr.eq(Mux(bus_exec, cmd_index, best_index)),
+            counters.r_en.eq(advance | bus_exec),
         ]
 
         sd_rec = Signal(ParsedHeaders)
@@ -324,7 +387,7 @@ class Classifier(wiring.Component):
             ]
 
         # --- Stage D: the verdict; counters updated as it leaves. ----------------------------
-        action = act_rp.data
+        action = actions.r_data
         out = self.o.p
         m.d.comb += [
             self.o.valid.eq(sd_valid),
@@ -348,14 +411,15 @@ class Classifier(wiring.Component):
         count = Signal()
         m.d.comb += [
             count.eq(sd_valid & sd_hit & self.o.ready),
-            base.eq(Mux(fwd_valid & (fwd_index == sd_index), fwd_value, cnt_rp.data)),
+            base.eq(Mux(fwd_valid & (fwd_index == sd_index), fwd_value, counters.r_data)),
             updated.packets.eq(base.packets + 1),
             updated.bytes.eq(base.bytes + (sd_rec.length - sd_rec.strip)),
         ]
         with m.If(count):
             m.d.sync += [fwd_valid.eq(1), fwd_index.eq(sd_index), fwd_value.eq(updated)]
 
-        m.d.comb += idle.eq(~sa["valid"] & ~sb["valid"] & ~sc["valid"] & ~sd_valid & (p == 0))
+        m.d.comb += idle.eq(~sa["valid"] & ~sb["valid"] & ~sm["valid"] & ~sc["valid"] & ~sd_valid
+                            & (p == 0))
 
         # --- Register port. ------------------------------------------------------------------
         bus = self.bus
@@ -365,12 +429,12 @@ class Classifier(wiring.Component):
 
         is_write = op == rm.OP_WRITE
         m.d.comb += [
-            cnt_wp.addr.eq(Mux(bus_exec, cmd_index, sd_index)),
-            cnt_wp.data.eq(Mux(bus_exec, staged[:counter_layout.size], updated)),
-            cnt_wp.en.eq(Mux(bus_exec, is_write & (table == rm.TABLE_COUNTER), count)),
-            act_wp.addr.eq(cmd_index),
-            act_wp.data.eq(staged[:action_layout.size]),
-            act_wp.en.eq(bus_exec & is_write & (table == rm.TABLE_ACTION)),
+            counters.w_addr.eq(Mux(bus_exec, cmd_index, sd_index)),
+            counters.w_data.eq(Mux(bus_exec, staged[:counter_layout.size], updated)),
+            counters.w_en.eq(Mux(bus_exec, is_write & (table == rm.TABLE_COUNTER), count)),
+            actions.w_addr.eq(cmd_index),
+            actions.w_data.eq(staged[:action_layout.size]),
+            actions.w_en.eq(bus_exec & is_write & (table == rm.TABLE_ACTION)),
         ]
         for bank, (_, wp) in enumerate(bank_ports):
             m.d.comb += [
@@ -480,9 +544,9 @@ class Classifier(wiring.Component):
                     with m.Case(rm.TABLE_WILDCARD):
                         capture(written)
                     with m.Case(rm.TABLE_ACTION):
-                        capture(act_rp.data)
+                        capture(actions.r_data)
                     with m.Case(rm.TABLE_COUNTER):
-                        capture(cnt_rp.data)
+                        capture(counters.r_data)
                 m.d.sync += bus.r_valid.eq(1)
                 m.next = "Idle"
         m.d.comb += [

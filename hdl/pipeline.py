@@ -49,7 +49,7 @@ class Pipeline(wiring.Component):
     bubbles.
 
     Latency: the editor's store-and-forward (a frame leaves after its last beat arrived) plus
-    the parser's record (5-6 cycles) and the classifier's lookup (``profiles + 3`` cycles).
+    the parser's record (5-6 cycles) and the classifier's lookup (``profiles + 4`` cycles).
 
     Backpressure: ``o`` may stall at any time; ``i`` stalls when the editor's buffer is full.
 
