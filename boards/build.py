@@ -43,6 +43,9 @@ __all__ = ["TOOLCHAINS", "BuildError", "build", "format_report", "resolve_tool",
 
 TOOLCHAINS = ("yowasp", "system")
 HEARTBEAT_SECONDS = 30
+# router2 never gives up on its own: a route whose overused wires have not reached a new low
+# for this many iterations is stopped, and the build fails as "does-not-route".
+ROUTE_STALL_ITERATIONS = 25
 
 # Amaranth tool name -> (YoWASP command, PyPI package, Debian package).
 _TOOLS = {
@@ -193,24 +196,61 @@ def route_progress(line):
             f"overused")
 
 
+class RouteStalled(Exception):
+    """router2 stopped converging (see :data:`ROUTE_STALL_ITERATIONS`); the message says how
+    far it got."""
+
+
+class _RouteWatch:
+    """Follows router2's iterations and raises :class:`RouteStalled` once the overused wires
+    have not reached a new low for ``patience`` iterations."""
+
+    def __init__(self, patience=ROUTE_STALL_ITERATIONS):
+        self.patience = patience
+        self.best = self.best_iteration = None
+
+    def see(self, line):
+        m = _ROUTER2_ITER.match(line)
+        if not m:
+            return
+        iteration, overused = int(m.group(1)), int(m.group(3))
+        if self.best is None or overused < self.best:
+            self.best, self.best_iteration = overused, iteration
+        elif iteration - self.best_iteration >= self.patience:
+            raise RouteStalled(
+                f"routing does not converge: {overused:,} wires overused at iteration "
+                f"{iteration}, no better than the {self.best:,} of iteration "
+                f"{self.best_iteration} for {self.patience} iterations; stopped (try --seed, "
+                f"smaller tables with --exact/--wildcard, or a larger device)")
+
+
 def _run(argv, cwd, log, progress, phase):
-    """Run one tool; its output goes to ``log``. Returns (exit status, output lines)."""
+    """Run one tool; its output goes to ``log``. Returns (exit status, output lines, why it
+    was stopped or None): a route that stops converging is stopped (:class:`_RouteWatch`)."""
     lines = []
     log.write(f"\n$ {' '.join(argv)}\n")
     log.flush()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace")
-    routing = False
-    for line in proc.stdout:
-        log.write(line)
-        lines.append(line.rstrip("\n"))
-        if phase == "place" and not routing and _ROUTE_START.match(line):
-            routing = True
-            progress.enter("route")
-        if routing and (status := route_progress(line)):
-            progress.say(status)
+    routing, watch, stopped = False, _RouteWatch(), None
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line.rstrip("\n"))
+            if phase == "place" and not routing and _ROUTE_START.match(line):
+                routing = True
+                progress.enter("route")
+            if routing and (status := route_progress(line)):
+                progress.say(status)
+                watch.see(line)
+    except RouteStalled as exc:
+        stopped = str(exc)
+        progress.say(stopped)
+        log.write(f"\n(openvtep build: {stopped})\n")
+        proc.kill()
+        proc.stdout.close()
     log.flush()
-    return proc.wait(), lines
+    return proc.wait(), lines, stopped
 
 
 def _parse_nextpnr(report_path, lines):
@@ -359,7 +399,11 @@ def build(board_name, *, width=None, seed=1, exact=None, wildcard=None, toolchai
     nextpnr_opts = ["--seed", str(seed), "--report", "top.report.json"]
     if board.family == "ecp5":
         # router2: router1 (nextpnr's default) spends tens of minutes on a clock it cannot meet.
-        nextpnr_opts += ["--router", "router2"]
+        # The static (electrostatic) placer: nextpnr's ECP5 HeAP packs cells at 75% density
+        # (hard-coded; --placer-heap-beta is overridden), which crowded the 85F's VTEP into the
+        # left 40% of the die, where router2 stalled at some 8,400 overused wires; the static
+        # placer spreads the same netlist over the whole die, and router2 converges.
+        nextpnr_opts += ["--placer", "static", "--router", "router2"]
     if timing_allow_fail:
         nextpnr_opts.append("--timing-allow-fail")
     platform = board.platform()
@@ -431,7 +475,11 @@ def _run_plan(plan, tools, out_dir, log_path, label, echo):
                 dfu_suffix(os.path.join(out_dir, argv[-1]))
                 log.write(f"\n$ (built-in) dfu-suffix {' '.join(argv[1:])}\n")
                 continue
-            code, lines = _run([tools[name], *argv[1:]], out_dir, log, progress, phase)
+            code, lines, stopped = _run([tools[name], *argv[1:]], out_dir, log, progress,
+                                        phase)
+            if stopped:
+                status, error = "does-not-route", f"{name}: {stopped}"
+                break
             if code != 0:
                 status, error = _classify_failure(name, lines)
                 break
