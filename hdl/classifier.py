@@ -6,8 +6,9 @@ of this block) and turns the winner into the frame's :class:`EditCommand`
 (docs/semantics.md step 4; OpenFlow 1.3 priorities, the winner being the smallest rule index).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -162,7 +163,9 @@ class Classifier(wiring.Component):
     cycles.
 
     Backpressure: all stages advance together when ``o`` is empty or taken (``o.valid`` and
-    ``o.payload`` are registers and RAM outputs that hold while stalled); ``i`` waits.
+    ``o.payload`` are registers and RAM outputs that hold while stalled); ``i`` waits. The
+    records themselves wait in a FIFO beside the stages (LUT RAM, not 5 x 321 flip-flops), and
+    the verdict's ``hdr`` is its head.
 
     Tables and counters are read and written through ``bus`` (:class:`openvtep.hdl.bus.Signature`)
     with the address map of :mod:`openvtep.regmap` (``CLASSIFIER`` range). Every request is
@@ -256,6 +259,10 @@ class Classifier(wiring.Component):
         idle = Signal()       # no lookup in flight
 
         # --- Stage 0: issue one lookup per active profile. -----------------------------------
+        # The records wait in a FIFO (LUT RAM) beside the lookup stages, not in their registers:
+        # each one in flight is in one stage (sa, sb, sm, sc or sd), so 8 entries never fill.
+        m.submodules.records = records = SyncFIFO(width=Shape.cast(ParsedHeaders).width,
+                                                  depth=8)
         sd_valid = Signal()
         advance = Signal()
         m.d.comb += advance.eq(~sd_valid | self.o.ready)
@@ -271,8 +278,11 @@ class Classifier(wiring.Component):
         m.d.comb += last.eq(p + 1 >= lookups)
         issue = Signal()
         m.d.comb += [
-            issue.eq(self.i.valid & advance & ~(pause & (p == 0))),
+            issue.eq(self.i.valid & advance & ~(pause & (p == 0)) & records.w_rdy),
             self.i.ready.eq(issue & last),
+            records.w_data.eq(rec_in),
+            records.w_en.eq(self.i.ready),
+            records.r_en.eq(self.o.valid & self.o.ready),
         ]
         with m.If(issue):
             m.d.sync += p.eq(Mux(last, 0, p + 1))
@@ -280,8 +290,8 @@ class Classifier(wiring.Component):
         def stage(name, **fields):
             return {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
 
-        common = {"valid": 1, "first": 1, "last": 1, "rec": ParsedHeaders}
-        sa = stage("sa", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
+        common = {"valid": 1, "first": 1, "last": 1}
+        sa = stage("sa", key=KEY_BITS, ukey=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
         with m.If(advance):
             m.d.sync += sa["valid"].eq(issue)
             with m.If(issue):
@@ -291,13 +301,13 @@ class Classifier(wiring.Component):
                     sa["on"].eq(~rec_in.drop & (p < active)),
                     sa["first"].eq(p == 0),
                     sa["last"].eq(last),
-                    sa["rec"].eq(rec_in),
+                    sa["ukey"].eq(key_in),
                     sa["w_on"].eq(~rec_in.drop),
                 ]
 
         # --- Stage A: hash, address both banks and the wildcard CAM (by the unmasked key's
         # chunks, from registers: its 33 block RAMs are spread over the chip). ----------------
-        key_a = flow_key(sa["rec"])
+        key_a = sa["ukey"]
         for j, (rp, _) in enumerate(chunk_ports):
             chunk = _fit(key_a[j * cbits:(j + 1) * cbits], cbits)
             m.d.comb += [rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk)),
@@ -317,7 +327,7 @@ class Classifier(wiring.Component):
 
         sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
         with m.If(advance):
-            m.d.sync += [sb[k].eq(sa[k]) for k in sb]
+            m.d.sync += [sb[k].eq(sa[k]) for k in sb]   # all but the unmasked key
 
         # --- Stage B: compare each slot's entry where its row is read, one registered match
         # bit per ROW_GROUP bits of the row (a block RAM's width), so only match bits travel
@@ -375,13 +385,12 @@ class Classifier(wiring.Component):
             counters.r_en.eq(advance | bus_exec),
         ]
 
-        sd_rec = Signal(ParsedHeaders)
+        sd_rec = data.View(ParsedHeaders, records.r_data)   # the head: sd's record
         sd_hit = Signal()
         sd_index = Signal(index_shape)
         with m.If(advance):
             m.d.sync += [
                 sd_valid.eq(sc["valid"] & sc["last"]),
-                sd_rec.eq(sc["rec"]),
                 sd_hit.eq(best_hit),
                 sd_index.eq(best_index),
             ]

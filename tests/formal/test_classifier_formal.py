@@ -25,7 +25,7 @@ entries, one hash seed, 16-bit rule indices.
 The bound: ``LOOKUP_DEPTH`` = 8 cycles from reset (the first cycle loads the banks). With one
 profile that is two records back to back (different keys, both checked, the cover shows the
 second one hitting); with two profiles, the first record's verdict, accumulated over both
-lookups (slow: 4.5 minutes; each further cycle multiplies the solver time by 3 to 5). To keep
+lookups (slow: 4 minutes; each further cycle multiplies the solver time by 3 to 5). To keep
 the unrolling small, records are the picked one or one other arbitrary record, fixed for the
 run, in any order; and the priority runs leave the handshake to its own proof (``o.ready`` is
 free there, nothing asserted about it).
@@ -253,7 +253,7 @@ def test_classifier_handshake_broken():
                        "classifier_handshake_withdrawing", mode="prove", depth=HANDSHAKE_DEPTH)
 
 
-# Two profiles: the verdict of the first record, accumulated over both lookups (4.5 minutes).
+# Two profiles: the verdict of the first record, accumulated over both lookups (4 minutes).
 @pytest.mark.parametrize("profiles", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_classifier_priority_bmc(profiles):
     formal.check(ClassifierContract(Classifier(geometry(profiles), chunk_bits=CHUNK_BITS)),
