@@ -402,7 +402,7 @@ def build(board_name, *, width=None, seed=1, exact=None, wildcard=None, toolchai
         # The static (electrostatic) placer: nextpnr's ECP5 HeAP packs cells at 75% density
         # (hard-coded; --placer-heap-beta is overridden), which crowded the 85F's VTEP into the
         # left 40% of the die, where router2 stalled at some 8,400 overused wires; the static
-        # placer spreads the same netlist over the whole die, and router2 converges.
+        # placer spreads it over the whole die (the same netlist got down to 209).
         nextpnr_opts += ["--placer", "static", "--router", "router2"]
     if timing_allow_fail:
         nextpnr_opts.append("--timing-allow-fail")

@@ -142,11 +142,11 @@ class Classifier(wiring.Component):
     of :func:`openvtep.tables.hash_masks` of the selected seed for both banks, both buckets read
     from block RAM and all ``BANKS * SLOTS`` slots compared (in pieces of ``ROW_GROUP`` row
     bits, one block RAM's output each, registered: only match bits travel from the block RAMs
-    to the slot priority logic). The wildcard table is looked up in
-    parallel with the first lookup, the first matching position winning. It is a ternary CAM
-    in block RAM: the key is cut into chunks of ``chunk_bits`` bits, and chunk ``j``'s memory
-    holds, at each of its ``2**chunk_bits`` addresses ``a``, one bit per position: whether
-    ``a`` matches that position's value and mask over the chunk. A position matches a key when
+    to the slot priority logic). The wildcard table is looked up in parallel with the first
+    lookup, the first matching position winning. It is a ternary CAM in block RAM: the key is
+    cut into chunks of ``chunk_bits`` bits, and chunk ``j``'s memory holds, at each of its
+    ``2**chunk_bits`` addresses ``a``, one bit per position: whether ``a`` matches that
+    position's value and mask over the chunk. A position matches a key when
     it is valid and every chunk's word at the key's chunk has its bit set (an AND of
     ``ceil(KEY_BITS / chunk_bits)`` words; 33 block RAMs of 512 x 36 hold up to 36 positions
     at the default 9 bits, where registers took some 1,200 LUTs per position). The
