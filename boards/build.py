@@ -185,15 +185,23 @@ class _Progress:
                 self.say(f"... {phase} running for {since:.0f}s")
 
 
+def _router_iteration(line):
+    """``(iteration, wires, overused)`` of a router2 iteration line of nextpnr's log, or
+    None for any other line."""
+    m = _ROUTER2_ITER.match(line)
+    return tuple(map(int, m.groups())) if m else None
+
+
+def _route_status(iteration, wires, overused):
+    return f"route iteration {iteration}: {overused:,} of {wires:,} wires overused"
+
+
 def route_progress(line):
     """What a router2 iteration line of nextpnr's log says, for the progress display (wires
     still overused fall to 0 as routing converges; if they stop falling, it will not), or
     None for any other line."""
-    m = _ROUTER2_ITER.match(line)
-    if not m:
-        return None
-    return (f"route iteration {m.group(1)}: {int(m.group(3)):,} of {int(m.group(2)):,} wires "
-            f"overused")
+    iteration = _router_iteration(line)
+    return _route_status(*iteration) if iteration else None
 
 
 class RouteStalled(Exception):
@@ -209,11 +217,7 @@ class _RouteWatch:
         self.patience = patience
         self.best = self.best_iteration = None
 
-    def see(self, line):
-        m = _ROUTER2_ITER.match(line)
-        if not m:
-            return
-        iteration, overused = int(m.group(1)), int(m.group(3))
+    def see(self, iteration, overused):
         if self.best is None or overused < self.best:
             self.best, self.best_iteration = overused, iteration
         elif iteration - self.best_iteration >= self.patience:
@@ -240,9 +244,9 @@ def _run(argv, cwd, log, progress, phase):
             if phase == "place" and not routing and _ROUTE_START.match(line):
                 routing = True
                 progress.enter("route")
-            if routing and (status := route_progress(line)):
-                progress.say(status)
-                watch.see(line)
+            if routing and (iteration := _router_iteration(line)):
+                progress.say(_route_status(*iteration))
+                watch.see(iteration[0], iteration[2])
     except RouteStalled as exc:
         stopped = str(exc)
         progress.say(stopped)

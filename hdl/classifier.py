@@ -32,14 +32,12 @@ class Verdict(data.Struct):
     punt: unsigned(1)
 
 
-# Row bits compared per registered match bit: an ECP5 block RAM's width (512 x 36), so each one
-# compares what one block RAM of a bank reads.
-ROW_GROUP = 36
-
-
 # An ECP5 block RAM (DP16KD) holds 18 Kbit as 512 x 36, 1024 x 18, 2048 x 9, 4096 x 4 ... bits.
 BLOCK_RAM_BITS = 18 * 1024
 BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
+# Row bits compared per registered match bit: a block RAM's widest output, so each one compares
+# what one block RAM of a bank reads.
+ROW_GROUP = BLOCK_RAM_WIDTHS[0]
 
 
 class _Columns:

@@ -145,12 +145,22 @@ def test_dfu_suffix(tmp_path):
     assert int.from_bytes(data[212:], "little") == zlib.crc32(data[:212]) ^ 0xFFFFFFFF
 
 
+def _run_router_log(tmp_path, log_lines, progress, then=""):
+    """``build._run`` on a stand-in for nextpnr that prints ``log_lines``, then runs ``then``."""
+    import io
+
+    from openvtep.boards.build import _run
+    script = ("import sys, time; sys.stdout.write(" + repr("\n".join(log_lines) + "\n")
+              + "); sys.stdout.flush(); " + (then or "pass"))
+    log = io.StringIO()
+    return (*_run([sys.executable, "-c", script], str(tmp_path), log, progress, "place"),
+            log.getvalue())
+
+
 def test_route_progress_from_the_router_log(tmp_path):
     """While nextpnr routes, every router2 iteration shows how many wires are still overused
     (a route that stops converging is visible in the progress, not after an hour)."""
-    import io
-
-    from openvtep.boards.build import _Progress, _run, route_progress
+    from openvtep.boards.build import _Progress, route_progress
     log_lines = [
         "Info: Max frequency for clock '$glbnet$clk': 41.61 MHz (PASS at 30.00 MHz)",
         "Info: Routing globals...",
@@ -166,38 +176,31 @@ def test_route_progress_from_the_router_log(tmp_path):
     said = []
     progress = _Progress("test", said.append)
     progress.enter("place")
-    script = "import sys; sys.stdout.write(" + repr("\n".join(log_lines) + "\n") + ")"
-    log = io.StringIO()
-    code, lines, stopped = _run([sys.executable, "-c", script], str(tmp_path), log, progress,
-                                "place")
+    code, lines, stopped, log = _run_router_log(tmp_path, log_lines, progress)
     progress.finish()
     assert code == 0 and lines == log_lines and stopped is None
     shown = [line.split("] ", 1)[1] for line in said]
     assert shown == ["place", "route", "route iteration 1: 37,507 of 502,347 wires overused",
                      "route iteration 2: 25,373 of 518,110 wires overused"]
-    assert log.getvalue().splitlines()[-len(log_lines):] == log_lines   # the tool's output
+    assert log.splitlines()[-len(log_lines):] == log_lines   # the tool's output
 
 
 def test_route_that_stops_converging_is_stopped(tmp_path):
     """router2 never gives up by itself: once the overused wires have not reached a new low
     for ROUTE_STALL_ITERATIONS iterations, the router is killed and the build says why."""
-    import io
     import signal
 
-    from openvtep.boards.build import ROUTE_STALL_ITERATIONS, _Progress, _run
+    from openvtep.boards.build import ROUTE_STALL_ITERATIONS, _Progress
     overused = [30000, 9000, 209] + [300 + k for k in range(ROUTE_STALL_ITERATIONS)]
     log_lines = ["Info: Routing globals...", "Info: Running router2..."] + [
         f"Info:     iter={k + 1} wires=500000 overused={n} overuse={n} archfail=NA"
         for k, n in enumerate(overused)]
-    # The router would go on (here: sleep) for ten minutes after its last line.
-    script = ("import sys, time; sys.stdout.write(" + repr("\n".join(log_lines) + "\n")
-              + "); sys.stdout.flush(); time.sleep(600)")
     said = []
     progress = _Progress("test", said.append)
     progress.enter("place")
-    log = io.StringIO()
-    code, lines, stopped = _run([sys.executable, "-c", script], str(tmp_path), log, progress,
-                                "place")
+    # The router would go on (here: sleep) for ten minutes after its last line.
+    code, lines, stopped, log = _run_router_log(tmp_path, log_lines, progress,
+                                                then="time.sleep(600)")
     progress.finish()
     assert code == -signal.SIGKILL and lines == log_lines
     last = 3 + ROUTE_STALL_ITERATIONS
@@ -205,11 +208,10 @@ def test_route_that_stops_converging_is_stopped(tmp_path):
                        f"iteration {last}, no better than the 209 of iteration 3 for "
                        f"{ROUTE_STALL_ITERATIONS} iterations; stopped (try --seed, smaller "
                        f"tables with --exact/--wildcard, or a larger device)")
-    assert said[-1].endswith(stopped) and stopped in log.getvalue()
+    assert said[-1].endswith(stopped) and stopped in log
 
     # One iteration fewer without a new low: the route goes on.
     watch_lines = log_lines[:-1]
-    script = "import sys; sys.stdout.write(" + repr("\n".join(watch_lines) + "\n") + ")"
-    code, lines, stopped = _run([sys.executable, "-c", script], str(tmp_path), io.StringIO(),
-                                _Progress("test", said.append), "place")
+    code, lines, stopped, _ = _run_router_log(tmp_path, watch_lines,
+                                              _Progress("test", said.append))
     assert code == 0 and stopped is None and lines == watch_lines
