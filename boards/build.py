@@ -498,19 +498,23 @@ def _make_report(board, width, top, key, toolchain, seed, out_dir, run):
     cells = _parse_yosys_stat(os.path.join(out_dir, "top.stat.json"))
     status, error = run["status"], run["error"]
     target = top.pll.f_out / 1e6
+    # nextpnr times the design after placement and again after routing: a route that did not
+    # finish (stopped or failed) leaves only the placement's estimate, which meets nothing.
+    routed = "Info: Routing complete." in log_lines
     clocks = {}
     for net, achieved, constraint in fmax:
         domain = "sync" if abs(constraint - target) < 0.005 * target else net
         clocks[domain] = {"target_mhz": round(constraint, 3), "fmax_mhz": round(achieved, 2),
-                          "met": achieved >= constraint, "net": net}
+                          "met": achieved >= constraint if routed else None, "routed": routed,
+                          "net": net}
     sync = clocks.get("sync")
     if sync is None and status == "ok":
         status, error = "failed", "nextpnr reported no fmax for the sync clock"
     if sync is not None:
         sync["requested_mhz"] = top.requested_mhz
-        if not sync["met"] and status == "ok":
+        if sync["met"] is False and status == "ok":
             status = "timing-failed"  # only with --timing-allow-fail: nextpnr passed it
-        if not sync["met"]:
+        if sync["met"] is False:
             error = (f"timing: fmax {sync['fmax_mhz']:.2f} MHz misses the {target:g} MHz target "
                      f"clock (use --clock to ask for less, --seed to try another placement, or "
                      f"--timing-allow-fail to keep the bitstream)")
@@ -535,7 +539,8 @@ def _make_report(board, width, top, key, toolchain, seed, out_dir, run):
         "critical_path": _critical_path(os.path.join(out_dir, "top.report.json")),
         "exact_entries": top.design.exact_entries,
         "wildcard_entries": top.design.wildcard_entries,
-        "throughput_gbps": (round(sync["fmax_mhz"] * width * 8 / 1000, 3) if sync else None),
+        "throughput_gbps": (round(sync["fmax_mhz"] * width * 8 / 1000, 3)
+                            if sync and sync["routed"] else None),
         "target_gbps": round(target * width * 8 / 1000, 3),
         "status": status,
         "error": error,
@@ -588,7 +593,8 @@ TABLE_COLUMNS = ("board", "W", "design", "logic", "FF", "BRAM", "fmax/target MHz
 
 def table_row(report):
     sync = report["clocks"].get("sync")
-    fmax = (f"{sync['fmax_mhz']:.1f}/{sync['target_mhz']:g}" if sync else "-")
+    fmax = (f"{'' if sync['routed'] else '~'}{sync['fmax_mhz']:.1f}/{sync['target_mhz']:g}"
+            if sync else "-")
     summary = report.get("summary", {})
     return (report["board"], str(report["width"]), report.get("design_name", "?"),
             _fmt_res(summary.get("logic")), _fmt_res(summary.get("ff")),
@@ -616,8 +622,12 @@ def format_report(report):
     if kinds:
         lines.append(f"nextpnr utilization: {kinds}")
     for domain, clock in report["clocks"].items():
+        if clock["routed"]:
+            verdict = "met" if clock["met"] else "MISSED"
+        else:
+            verdict = "not routed: ~ fmax is nextpnr's estimate after placement"
         lines.append(f"clock {domain} ({clock['net']}): fmax {clock['fmax_mhz']:.2f} MHz, target "
-                     f"{clock['target_mhz']:g} MHz: {'met' if clock['met'] else 'MISSED'}")
+                     f"{clock['target_mhz']:g} MHz: {verdict}")
     path = report.get("critical_path")
     if path:
         lines.append(f"critical path: {path['from']} -> {path['to']}, {path['logic_levels']} "

@@ -215,3 +215,48 @@ def test_route_that_stops_converging_is_stopped(tmp_path):
     code, lines, stopped, _ = _run_router_log(tmp_path, watch_lines,
                                               _Progress("test", said.append))
     assert code == 0 and stopped is None and lines == watch_lines
+
+
+def _report_from_log(tmp_path, log_lines, run):
+    """``build._make_report`` of a ULX3S build folder whose nextpnr log is ``log_lines``."""
+    from types import SimpleNamespace
+
+    from openvtep.boards.build import _make_report
+    (tmp_path / "build.log").write_text("\n".join(log_lines) + "\n")
+    top = SimpleNamespace(pll=SimpleNamespace(f_out=30e6), requested_mhz=30,
+                          design=SimpleNamespace(description="the VTEP", name="pipeline",
+                                                 exact_entries=2048, wildcard_entries=32))
+    return _make_report(BOARDS["ulx3s"], 4, top, "0" * 64, "yowasp", 1, str(tmp_path),
+                        {"built_at": "now", "times": {"total": 1.0}, **run})
+
+
+def test_unrouted_fmax_is_an_estimate(tmp_path):
+    """A route that did not finish leaves nextpnr's post-placement timing only: the report
+    shows it as an estimate (``~``, ``routed: false``, ``met: null``, no throughput), never as
+    a met clock; a finished route's fmax is the routed one."""
+    from openvtep.boards.build import format_report
+    placed = [
+        "Info: Device utilisation:",
+        "Info:             TRELLIS_COMB: 29034/83640    34%",
+        "Info: Max frequency for clock '$glbnet$clk': 45.15 MHz (PASS at 30.00 MHz)",
+        "Info: Running router2...",
+        "Info:     iter=1 wires=500000 overused=45488 overuse=50000 archfail=NA",
+    ]
+    stopped = _report_from_log(tmp_path, placed, {"status": "does-not-route",
+                                                  "error": "nextpnr-ecp5: routing does not "
+                                                           "converge"})
+    sync = stopped["clocks"]["sync"]
+    assert sync["fmax_mhz"] == 45.15 and sync["routed"] is False and sync["met"] is None
+    assert stopped["status"] == "does-not-route" and stopped["throughput_gbps"] is None
+    assert stopped["error"] == "nextpnr-ecp5: routing does not converge"
+    text = format_report(stopped)
+    assert "~45.1/30" in text and "not routed" in text and ": met" not in text
+
+    routed = _report_from_log(tmp_path, [*placed, "Info: Routing complete.",
+                                         "Info: Max frequency for clock '$glbnet$clk': 41.57 "
+                                         "MHz (PASS at 30.00 MHz)"],
+                              {"status": "ok", "error": None})
+    sync = routed["clocks"]["sync"]
+    assert sync["fmax_mhz"] == 41.57 and sync["routed"] is True and sync["met"] is True
+    assert routed["throughput_gbps"] == round(41.57 * 4 * 8 / 1000, 3)
+    assert "41.6/30" in format_report(routed) and ": met" in format_report(routed)
