@@ -38,6 +38,9 @@ BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
+# Frames from their record's acceptance to their verdict taken, at most: the depth of the
+# records FIFO and of the verdicts FIFO (5 in the lookup stages at most, and some waiting).
+IN_FLIGHT = 8
 
 
 class _Columns:
@@ -160,10 +163,12 @@ class Classifier(wiring.Component):
     Latency: from a record accepted on ``i`` to its verdict offered on ``o``: ``lookups + 4``
     cycles.
 
-    Backpressure: all stages advance together when ``o`` is empty or taken (``o.valid`` and
-    ``o.payload`` are registers and RAM outputs that hold while stalled); ``i`` waits. The
-    records themselves wait in a FIFO beside the stages (LUT RAM, not 5 x 321 flip-flops), and
-    the verdict's ``hdr`` is its head.
+    Backpressure: the lookup stages never wait (no enable fans out to their registers and
+    block RAMs). A frame is accepted only while fewer than ``IN_FLIGHT`` frames are between
+    acceptance and their verdict taken; its record waits in a FIFO of that depth beside the
+    stages (LUT RAM, not 5 x 321 flip-flops), and its verdict, when ``o`` does not take it as
+    it is looked up, in a second one, so neither can overflow. The verdict's ``hdr`` is the
+    records FIFO's head.
 
     Tables and counters are read and written through ``bus`` (:class:`openvtep.hdl.bus.Signature`)
     with the address map of :mod:`openvtep.regmap` (``CLASSIFIER`` range). Every request is
@@ -256,14 +261,11 @@ class Classifier(wiring.Component):
         bus_exec = Signal()   # the register port owns the memory ports this cycle
         idle = Signal()       # no lookup in flight
 
-        # --- Stage 0: issue one lookup per active profile. -----------------------------------
-        # The records wait in a FIFO (LUT RAM) beside the lookup stages, not in their registers:
-        # each one in flight is in one stage (sa, sb, sm, sc or sd), so 8 entries never fill.
+        # --- Stage 0: issue one lookup per active profile, while the records FIFO has room. --
+        # The records wait in a FIFO (LUT RAM) beside the lookup stages, not in their registers,
+        # from acceptance until their verdict is taken.
         m.submodules.records = records = SyncFIFO(width=Shape.cast(ParsedHeaders).width,
-                                                  depth=8)
-        sd_valid = Signal()
-        advance = Signal()
-        m.d.comb += advance.eq(~sd_valid | self.o.ready)
+                                                  depth=IN_FLIGHT)
 
         rec_in = self.i.p
         key_in = flow_key(rec_in)
@@ -276,11 +278,10 @@ class Classifier(wiring.Component):
         m.d.comb += last.eq(p + 1 >= lookups)
         issue = Signal()
         m.d.comb += [
-            issue.eq(self.i.valid & advance & ~(pause & (p == 0)) & records.w_rdy),
+            issue.eq(self.i.valid & ~(pause & (p == 0)) & records.w_rdy),
             self.i.ready.eq(issue & last),
             records.w_data.eq(rec_in),
             records.w_en.eq(self.i.ready),
-            records.r_en.eq(self.o.valid & self.o.ready),
         ]
         with m.If(issue):
             m.d.sync += p.eq(Mux(last, 0, p + 1))
@@ -288,28 +289,29 @@ class Classifier(wiring.Component):
         def stage(name, **fields):
             return {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
 
-        common = {"valid": 1, "first": 1, "last": 1}
+        # The stage registers load every cycle (``valid`` says whether they hold a lookup);
+        # ``amount`` is what the frame adds to its rule's byte counter.
+        amount = len(rec_in.length)
+        common = {"valid": 1, "first": 1, "last": 1, "amount": amount}
         sa = stage("sa", key=KEY_BITS, ukey=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
-        with m.If(advance):
-            m.d.sync += sa["valid"].eq(issue)
-            with m.If(issue):
-                m.d.sync += [
-                    sa["key"].eq(key_in & Array(masks)[p]),
-                    sa["p"].eq(p),
-                    sa["on"].eq(~rec_in.drop & (p < active)),
-                    sa["first"].eq(p == 0),
-                    sa["last"].eq(last),
-                    sa["ukey"].eq(key_in),
-                    sa["w_on"].eq(~rec_in.drop),
-                ]
+        m.d.sync += [
+            sa["valid"].eq(issue),
+            sa["key"].eq(key_in & Array(masks)[p]),
+            sa["p"].eq(p),
+            sa["on"].eq(~rec_in.drop & (p < active)),
+            sa["first"].eq(p == 0),
+            sa["last"].eq(last),
+            sa["amount"].eq(rec_in.length - rec_in.strip),
+            sa["ukey"].eq(key_in),
+            sa["w_on"].eq(~rec_in.drop),
+        ]
 
         # --- Stage A: hash, address both banks and the wildcard CAM (by the unmasked key's
         # chunks, from registers: its 33 block RAMs are spread over the chip). ----------------
         key_a = sa["ukey"]
         for j, (rp, _) in enumerate(chunk_ports):
             chunk = _fit(key_a[j * cbits:(j + 1) * cbits], cbits)
-            m.d.comb += [rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk)),
-                         rp.en.eq(advance | sweeping)]
+            m.d.comb += rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk))
         word = Cat(sa["key"], sa["p"])
         for bank, (rp, _) in enumerate(bank_ports):
             hashes = []
@@ -318,14 +320,10 @@ class Classifier(wiring.Component):
                 hashes.append(Cat(*(_parity(word, masks_h[j]) for j in range(ibits)))
                               if ibits else Const(0, 1))
             address = Array(hashes)[seed] if len(hashes) > 1 else hashes[0]
-            m.d.comb += [
-                rp.addr.eq(Mux(bus_exec, cmd_index, address)),
-                rp.en.eq(advance | bus_exec),
-            ]
+            m.d.comb += rp.addr.eq(Mux(bus_exec, cmd_index, address))
 
         sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
-        with m.If(advance):
-            m.d.sync += [sb[k].eq(sa[k]) for k in sb]   # all but the unmasked key
+        m.d.sync += [sb[k].eq(sa[k]) for k in sb]   # all but the unmasked key
 
         # --- Stage B: compare each slot's entry where its row is read, one registered match
         # bit per ROW_GROUP bits of the row (a block RAM's width), so only match bits travel
@@ -340,10 +338,9 @@ class Classifier(wiring.Component):
                 cuts = [start, *range(start - start % ROW_GROUP + ROW_GROUP, end, ROW_GROUP), end]
                 eqs = Signal(len(cuts) - 1, name=f"sm_eq{bank}_{slot}")
                 index = Signal(index_shape, name=f"sm_index{bank}_{slot}")
-                with m.If(advance):
-                    m.d.sync += [eqs.eq(Cat(row[a:b] == expected[a - start:b - start]
-                                            for a, b in zip(cuts, cuts[1:]))),
-                                 index.eq(rp.data[slot].index)]
+                m.d.sync += [eqs.eq(Cat(row[a:b] == expected[a - start:b - start]
+                                        for a, b in zip(cuts, cuts[1:]))),
+                             index.eq(rp.data[slot].index)]
                 slot_eqs.append(eqs)
                 slot_indices.append(index)
         matches = wild_valid
@@ -351,9 +348,8 @@ class Classifier(wiring.Component):
             matches = matches & rp.data
 
         sm = stage("sm", on=1, w_on=1, w_matches=n_wild, **common)
-        with m.If(advance):
-            m.d.sync += [sm[k].eq(sb[k]) for k in ("on", "w_on", *common)]
-            m.d.sync += sm["w_matches"].eq(matches)
+        m.d.sync += [sm[k].eq(sb[k]) for k in ("on", "w_on", *common)]
+        m.d.sync += sm["w_matches"].eq(matches)
 
         # --- Stage M: the exact table's winner among all slots; the wildcard CAM's: the first
         # position whose word is set in every chunk. ----------------------------------------
@@ -363,10 +359,9 @@ class Classifier(wiring.Component):
         w_hit, w_index = _first_position([(w_matches[k], wild_index[k]) for k in range(n_wild)])
 
         sc = stage("sc", c_hit=1, c_index=index_shape, w_hit=1, w_index=index_shape, **common)
-        with m.If(advance):
-            m.d.sync += [sc[k].eq(sm[k]) for k in common]
-            m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index),
-                         sc["w_hit"].eq(sm["w_on"] & w_hit), sc["w_index"].eq(w_index)]
+        m.d.sync += [sc[k].eq(sm[k]) for k in common]
+        m.d.sync += [sc["c_hit"].eq(c_hit), sc["c_index"].eq(c_index),
+                     sc["w_hit"].eq(sm["w_on"] & w_hit), sc["w_index"].eq(w_index)]
 
         # --- Stage C: the frame's best hit so far; the last lookup reads action, counters. --
         acc_hit = Signal()
@@ -374,40 +369,56 @@ class Classifier(wiring.Component):
         prev_hit = Mux(sc["first"], sc["w_hit"], acc_hit)
         prev_index = Mux(sc["first"], sc["w_index"], acc_index)
         best_hit, best_index = _first_hit([(prev_hit, prev_index), (sc["c_hit"], sc["c_index"])])
-        with m.If(advance & sc["valid"]):
+        with m.If(sc["valid"]):
             m.d.sync += [acc_hit.eq(best_hit), acc_index.eq(best_index)]
         m.d.comb += [
             actions.r_addr.eq(Mux(bus_exec, cmd_index, best_index)),
-            actions.r_en.eq(advance | bus_exec),
+            actions.r_en.eq(1),
             counters.r_addr.eq(Mux(bus_exec, cmd_index, best_index)),
-            counters.r_en.eq(advance | bus_exec),
+            counters.r_en.eq(1),
         ]
 
-        sd_rec = data.View(ParsedHeaders, records.r_data)   # the head: sd's record
+        sd_valid = Signal()
         sd_hit = Signal()
         sd_index = Signal(index_shape)
-        with m.If(advance):
-            m.d.sync += [
-                sd_valid.eq(sc["valid"] & sc["last"]),
-                sd_hit.eq(best_hit),
-                sd_index.eq(best_index),
-            ]
-
-        # --- Stage D: the verdict; counters updated as it leaves. ----------------------------
-        action = actions.r_data
-        out = self.o.p
-        m.d.comb += [
-            self.o.valid.eq(sd_valid),
-            out.hdr.eq(sd_rec),
-            out.rule.eq(sd_index),
-            out.hit.eq(sd_hit),
+        sd_amount = Signal(amount)
+        m.d.sync += [
+            sd_valid.eq(sc["valid"] & sc["last"]),
+            sd_hit.eq(best_hit),
+            sd_index.eq(best_index),
+            sd_amount.eq(sc["amount"]),
         ]
+
+        # --- Stage D: the verdict, to ``o`` or, when ``o`` is busy or older verdicts wait,
+        # into the verdicts FIFO; the rule's counters updated. -----------------------------
+        held_layout = data.StructLayout({"action": action_layout, "rule": index_shape, "hit": 1})
+        m.submodules.verdicts = verdicts = SyncFIFO(width=held_layout.size, depth=IN_FLIGHT)
+        looked_up = Signal(held_layout)
+        m.d.comb += [looked_up.action.eq(actions.r_data), looked_up.rule.eq(sd_index),
+                     looked_up.hit.eq(sd_hit)]
+        head = data.View(held_layout, Mux(verdicts.r_rdy, verdicts.r_data, looked_up))
+        rec = data.View(ParsedHeaders, records.r_data)   # the head's record
+        took = Signal()
+        m.d.comb += [
+            # A verdict's record is always in the records FIFO; requiring it here also shows
+            # the handshake proof that the head's record cannot change while offered.
+            self.o.valid.eq(records.r_rdy & (verdicts.r_rdy | sd_valid)),
+            took.eq(self.o.valid & self.o.ready),
+            verdicts.w_data.eq(looked_up),
+            verdicts.w_en.eq(sd_valid & (verdicts.r_rdy | ~took)),
+            verdicts.r_en.eq(took),
+            records.r_en.eq(took),
+        ]
+        out = self.o.p
         miss = Signal(EditCommand)
         m.d.comb += [
+            out.hdr.eq(rec),
+            out.rule.eq(head.rule),
+            out.hit.eq(head.hit),
             miss.drop.eq(1),
-            miss.reason.eq(Mux(sd_rec.drop, sd_rec.reason, DropReason.TABLE_MISS)),
-            out.cmd.eq(Mux(sd_hit, action.cmd, miss)),
-            out.punt.eq(sd_hit & action.punt),
+            miss.reason.eq(Mux(rec.drop, rec.reason, DropReason.TABLE_MISS)),
+            out.cmd.eq(Mux(head.hit, head.action.cmd, miss)),
+            out.punt.eq(head.hit & head.action.punt),
         ]
 
         fwd_valid = Signal()
@@ -417,10 +428,10 @@ class Classifier(wiring.Component):
         updated = Signal(counter_layout)
         count = Signal()
         m.d.comb += [
-            count.eq(sd_valid & sd_hit & self.o.ready),
+            count.eq(sd_valid & sd_hit),
             base.eq(Mux(fwd_valid & (fwd_index == sd_index), fwd_value, counters.r_data)),
             updated.packets.eq(base.packets + 1),
-            updated.bytes.eq(base.bytes + (sd_rec.length - sd_rec.strip)),
+            updated.bytes.eq(base.bytes + sd_amount),
         ]
         with m.If(count):
             m.d.sync += [fwd_valid.eq(1), fwd_index.eq(sd_index), fwd_value.eq(updated)]

@@ -49,7 +49,7 @@ from amaranth.lib import data
 
 from openvtep import regmap as rm
 from openvtep.hdl import classifier as classifier_module
-from openvtep.hdl.classifier import Classifier, flow_key
+from openvtep.hdl.classifier import IN_FLIGHT, Classifier, flow_key
 from openvtep.hdl.headers import ParsedHeaders
 from openvtep.headers import DropReason
 from openvtep.sim import formal
@@ -74,7 +74,6 @@ GEOMETRY = geometry(2)
 CHUNK_BITS = 1      # the priority proof's wildcard CAM chunks
 PROFILES = [1, 2]
 LOOKUP_DEPTH = 8
-IN_FLIGHT = 5       # records in the classifier at most: one a stage (sa, sb, sm, sc, sd)
 MAX_STALL = 2
 HANDSHAKE_DEPTH = 8
 
