@@ -341,6 +341,9 @@ class IcarusBoard:
         self.busy_seconds = 0.0
         self.error = None
         self._name = name or "vboard_" + type(top).__name__.lower()
+        # The build (cached; minutes the first time, longer on a busy machine) is done here,
+        # so ``start_timeout`` counts only the simulator's start.
+        self._runner, self._build_dir = _icarus_build(ByteShell(top), self._name)
         self._control = tempfile.mkdtemp(prefix="openvtep-vboard-")
         self._listen = listen
         self._thread = threading.Thread(target=self._run, name="virtual board (icarus)",
@@ -365,15 +368,14 @@ class IcarusBoard:
     def _run(self):
         import json
         try:
-            runner, build_dir = _icarus_build(ByteShell(self.top), self._name)
-            runner.test(test_module="openvtep.sim.virtual_board_cocotb",
-                        hdl_toplevel=self._name, hdl_toplevel_lang="verilog",
-                        build_dir=build_dir, test_dir=self._control,
-                        results_xml=os.path.join(self._control, "results.xml"),
-                        extra_env={_PARAMS_ENV: json.dumps({"listen": self._listen,
-                                                            "control": self._control}),
-                                   "COCOTB_ANSI_OUTPUT": "0"},
-                        log_file=os.path.join(self._control, "sim.log"))
+            self._runner.test(test_module="openvtep.sim.virtual_board_cocotb",
+                              hdl_toplevel=self._name, hdl_toplevel_lang="verilog",
+                              build_dir=self._build_dir, test_dir=self._control,
+                              results_xml=os.path.join(self._control, "results.xml"),
+                              extra_env={_PARAMS_ENV: json.dumps({"listen": self._listen,
+                                                                  "control": self._control}),
+                                         "COCOTB_ANSI_OUTPUT": "0"},
+                              log_file=os.path.join(self._control, "sim.log"))
         except BaseException as exc:  # noqa: BLE001 (reported by stop() or __init__)
             self.error = exc
         if self.error or not os.path.exists(os.path.join(self._control, "stats.json")):
