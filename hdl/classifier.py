@@ -47,33 +47,61 @@ class _Columns:
     """A ``depth`` x ``shape`` memory with one read and one write port; deeper than 512 words,
     stored as columns of as many bits as one block RAM holds at that depth (9 at 2048 words),
     each its own :class:`Memory`. Yosys builds a deep, wide memory from 512 x 36 blocks and a
-    mux over their outputs (4 ways for 2048 actions of 313 bits: 1,252 wires converging on one
-    spot); columns read each block RAM's output straight out. Ports: ``r_addr``, ``r_en``,
-    ``r_data`` (a view of ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``."""
+    mux over their outputs (4 ways for 2048 actions of 179 bits: 716 wires converging on one
+    spot); columns read each block RAM's output straight out. A depth just past a power of two
+    (2,080 rules: 2,048 exact and 32 wildcard) is not rounded up (to 4,096 words of 4-bit
+    columns, twice the blocks): the power of two is stored in columns, the rest in a memory
+    of its own, and a 2-way mux picks the read. Ports: ``r_addr``, ``r_en``, ``r_data`` (a
+    view of ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``; ``columns`` are
+    the memories, ``rest`` the :class:`_Columns` past the power of two (or None)."""
 
     def __init__(self, m, name, shape, depth):
-        size = data.Layout.cast(shape).size
+        layout = data.Layout.cast(shape)
+        self.r_addr = Signal(range(depth), name=f"{name}_r_addr")
+        self.w_addr = Signal(range(depth), name=f"{name}_w_addr")
+        self.r_en, self.w_en = Signal(name=f"{name}_r_en"), Signal(name=f"{name}_w_en")
+        self.w_data = Signal(shape, name=f"{name}_w_data")
+        self.columns, self.rest = [], None
+        main = 1 << (depth.bit_length() - 1)    # the largest power of two up to depth
+        if depth == main or main * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
+            self.r_data = data.View(layout, self._columns(m, name, layout.size, depth))
+            return
+        bits = main.bit_length() - 1
+        self.rest = rest = _Columns(m, f"{name}_rest", shape, depth - main)
+        in_rest = Signal(name=f"{name}_r_rest")   # the read's word is in ``rest``
+        below = self._columns(m, name, layout.size, main, addr_bits=bits,
+                              w_en=self.w_en & (self.w_addr < main))
+        m.d.comb += [rest.r_addr.eq(self.r_addr - main), rest.r_en.eq(self.r_en),
+                     rest.w_addr.eq(self.w_addr - main), rest.w_data.eq(self.w_data),
+                     rest.w_en.eq(self.w_en & (self.w_addr >= main))]
+        with m.If(self.r_en):
+            m.d.sync += in_rest.eq(self.r_addr >= main)
+        self.r_data = data.View(layout, Mux(in_rest, rest.r_data.as_value(), below))
+
+    def _columns(self, m, name, size, depth, *, addr_bits=None, w_en=None):
+        """The read data of ``depth`` words stored in columns, addressed by the ports' low
+        ``addr_bits`` bits (all by default), written when ``w_en`` (the port's by default)."""
         words = 1 << (depth - 1).bit_length()
         if words * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
             column = size      # 512 words or fewer: the widest blocks, no mux to avoid
         else:
             column = next((w for w in BLOCK_RAM_WIDTHS if w * words <= BLOCK_RAM_BITS), 1)
-        self.r_addr = Signal(range(depth), name=f"{name}_r_addr")
-        self.w_addr = Signal(range(depth), name=f"{name}_w_addr")
-        self.r_en, self.w_en = Signal(name=f"{name}_r_en"), Signal(name=f"{name}_w_en")
-        self.w_data = Signal(shape, name=f"{name}_w_data")
+        r_addr, w_addr = self.r_addr, self.w_addr
+        if addr_bits is not None:
+            r_addr, w_addr = r_addr[:addr_bits], w_addr[:addr_bits]
         starts = range(0, size, column)
         read = []
         for k, start in enumerate(starts):
             width = min(column, size - start)
             mem = Memory(shape=width, depth=depth, init=[])
             m.submodules[name if len(starts) == 1 else f"{name}{k}"] = mem
+            self.columns.append(mem)
             rp, wp = mem.read_port(), mem.write_port()
-            m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en),
-                         wp.addr.eq(self.w_addr), wp.en.eq(self.w_en),
+            m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(self.r_en),
+                         wp.addr.eq(w_addr), wp.en.eq(self.w_en if w_en is None else w_en),
                          wp.data.eq(Value.cast(self.w_data)[start:start + width])]
             read.append(rp.data)
-        self.r_data = data.View(data.Layout.cast(shape), Cat(*read))
+        return Cat(*read)
 
 
 def _fit(value, bits):

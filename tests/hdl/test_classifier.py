@@ -6,12 +6,16 @@ register map and table loader.
 cocotb testbench: ``tb_classifier.py``; rule sets: ``openvtep.sim.flow_rules``.
 """
 
+import random
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Module, Shape
+from amaranth.lib import data
+from amaranth.sim import Simulator
 
 from openvtep import regmap as rm
-from openvtep.hdl.classifier import Classifier
+from openvtep.hdl.classifier import Classifier, _Columns
 from openvtep.rules import parse_rules
 from openvtep.sim.cocotb_runner import run_cocotb
 from openvtep.tables import Geometry, compile_tables
@@ -32,10 +36,60 @@ def test_lookups():
 def test_lookups_other_chunking():
     """The wildcard CAM cut into 5-bit chunks (the last one part padding) finds the same
     winners, and its entries, rewritten by the reload, read back as written. With 1,029 rule
-    indices the action and counter tables are stored as columns of 9 bits (2,048 words each);
-    actions, counters and hits are the same."""
+    indices the action and counter tables are stored as columns of 18 bits (1,024 words each)
+    and a 5-word rest; actions, counters and hits are the same."""
     _run(dict(SMALL, exact_entries=1024, wildcard_entries=5), chunk_bits=5, frames=150,
          rules=40, idle=0.2, backpressure=0.3, reload=True)
+
+
+@pytest.mark.parametrize("depth,columns", [(2080, (2048, 9)), (1029, (1024, 18)),
+                                           (4096, (4096, 4)), (300, (300, 179))])
+def test_columns_keep_every_word(depth, columns):
+    """The action/counter table storage (``_Columns``): a depth past a power of two is that
+    power of two in block-RAM-wide columns and the rest in a memory of its own (2,080 rules:
+    9-bit columns of 2,048 words, not 4-bit ones of 4,096). Random words written all over the
+    depth, the rest's included, read back as written, and a read with ``r_en`` low holds."""
+    layout = data.StructLayout({"a": 100, "b": 79})   # an action row's 179 bits
+    m = Module()
+    table = _Columns(m, "t", layout, depth)
+    words, width = columns
+    assert {mem.depth for mem in table.columns} == {words}
+    assert max(Shape.cast(mem.shape).width for mem in table.columns) == width
+    assert sum(Shape.cast(mem.shape).width for mem in table.columns) == layout.size
+    if depth > words:
+        assert [mem.depth for mem in table.rest.columns] == [depth - words]
+    else:
+        assert table.rest is None
+
+    rng = random.Random(depth)
+    addrs = sorted({0, depth - 1, words - 1, min(words, depth - 1),
+                    *rng.sample(range(depth), 40)})
+    model = {a: rng.getrandbits(layout.size) for a in addrs}
+    order = rng.sample(addrs, len(addrs))   # writes to the rest and below it interleaved
+    read = []
+
+    async def bench(ctx):
+        ctx.set(table.w_en, 1)
+        for a in order:
+            ctx.set(table.w_addr, a)
+            ctx.set(table.w_data.as_value(), model[a])
+            await ctx.tick()
+        ctx.set(table.w_en, 0)
+        ctx.set(table.r_en, 1)
+        for a in reversed(addrs):
+            ctx.set(table.r_addr, a)
+            await ctx.tick()
+            read.append((a, ctx.get(table.r_data.as_value())))
+        ctx.set(table.r_en, 0)
+        ctx.set(table.r_addr, depth - 1)    # in the rest, if there is one
+        await ctx.tick()
+        read.append((addrs[0], ctx.get(table.r_data.as_value())))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert read == [(a, model[a]) for a in reversed(addrs)] + [(addrs[0], model[addrs[0]])]
 
 
 @pytest.mark.slow
