@@ -215,9 +215,10 @@ class ControlBridge(wiring.Component):
     are answered with the matching :class:`~openvtep.protocol.Status` and an error body
     (expected ``seq``, ``info``); the bridge never hangs on a bad request. A write batch
     stops at the first bus error (the writes before it are done; ``info`` is the failing
-    address). A ``WRITE_PACKED`` is scanned first (a cycle an item): an item running past the
-    body (``BAD_LENGTH``) or past the address space (``BAD_ARGUMENT``, ``info`` the address)
-    fails it before anything is written. A ``READ_BLOCK``/``COUNTERS`` reply is cut short before a failing word: fewer
+    address). A ``WRITE_PACKED`` is scanned first (two cycles an item: its header byte,
+    registered, then the checks): an item running past the body (``BAD_LENGTH``) or past the
+    address space (``BAD_ARGUMENT``, ``info`` the address) fails it before anything is
+    written. A ``READ_BLOCK``/``COUNTERS`` reply is cut short before a failing word: fewer
     words than asked means the next one failed.
 
     Capture: one frame at a time is taken from ``i_capture`` into a ``max_frame``-byte buffer
@@ -613,10 +614,17 @@ class ControlBridge(wiring.Component):
             def item_addr(header):
                 return Mux(header[5], bases[1], bases[0]) + header[:5]
 
+            # The scan registers each item's header byte's length and address before checking
+            # them: the block RAM's output is slow, and the checks decide the next state.
+            scan_last = Signal(2)
+            target = Signal(p.ADDR_BITS + 1)
             with m.State("PackedScan"):
+                m.d.sync += [scan_last.eq(byte[6:8]), target.eq(item_addr(byte))]
+                m.next = "PackedCheck"
+            with m.State("PackedCheck"):
                 item_end = Signal(len(rpos) + 1)
-                target = Signal(p.ADDR_BITS + 1)
-                m.d.comb += [item_end.eq(rpos + 2 + byte[6:8]), target.eq(item_addr(byte))]
+                m.d.comb += item_end.eq(rpos + 2 + scan_last)
+                m.next = "PackedScan"
                 with m.If(target[p.ADDR_BITS]):
                     error(S.BAD_ARGUMENT, target)
                 with m.Elif(item_end > body_end):
