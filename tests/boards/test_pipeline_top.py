@@ -2,10 +2,13 @@
 RTLIL for every board (no synthesis), ``auto`` picks it, the UART rate and the table geometry
 are the board's (or --exact/--wildcard's)."""
 
+import re
+import subprocess
+
 import pytest
 
 from openvtep.boards.boards import BOARDS
-from openvtep.boards.build import check_args
+from openvtep.boards.build import RELAXED_COLLISIONS, check_args, prepare_plan, resolve_tool
 from openvtep.boards.designs import resolve_design, uart_baud
 from openvtep.boards.top import BoardTop
 from openvtep.hdl.top import VtepTop
@@ -61,3 +64,28 @@ def test_geometry_from_options():
 def _config():
     from openvtep.config import VtepConfig
     return VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)
+
+
+def test_collisions_relaxed_on_the_classifier_memories_only(tmp_path):
+    """The board build's Yosys script marks a read meeting a write to the same word don't-care
+    (no registers and muxes emulating the old word at the block RAM outputs) on every memory
+    of the classifier, and on no other memory (the bridge's, the editor's, the FIFOs' keep
+    the old word)."""
+    board = BOARDS["ulx3s"]
+    _, width, geometry = check_args("ulx3s", 4, "yowasp", 64, 4)
+    plan = prepare_plan(board, BoardTop(board, width, geometry=geometry, design="pipeline"))
+    assert RELAXED_COLLISIONS in plan.files["top.ys"]
+    (tmp_path / "top.il").write_text(plan.files["top.il"])
+    subprocess.run([resolve_tool("yosys", "yowasp"), "-q", "-p",
+                    f"read_rtlil top.il; {RELAXED_COLLISIONS}; "
+                    "tee -q -o ports.txt dump t:$memrd_v2"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    masks = {}
+    for cell in (tmp_path / "ports.txt").read_text().split("cell $memrd_v2 ")[1:]:
+        memid = re.search(r'MEMID "([^"]+)"', cell).group(1).lstrip("\\")
+        masks.setdefault(memid, set()).add(re.search(r"COLLISION_X_MASK (\S+)", cell).group(1))
+    classifier = re.compile(r"bank\d|actions\d*|counters\d*|wild_chunk\d+|wild_entries")
+    relaxed = {memid for memid, mask in masks.items() if mask == {"1'1"}}
+    assert relaxed == {memid for memid in masks if classifier.fullmatch(memid)}
+    assert {"bank0", "bank1", "actions", "counters", "wild_chunk0", "wild_entries"} <= relaxed
+    assert {"request", "capture", "buffer", "storage"} <= set(masks) - relaxed
