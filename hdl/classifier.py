@@ -183,7 +183,10 @@ class Classifier(wiring.Component):
     (``DropReason.TABLE_MISS``). Its action (block RAM, indexed by rule index) is the command;
     its 64-bit packet and byte counters (block RAM) are incremented by read-modify-write, with
     back-to-back updates of one rule forwarded. Bytes count the matched frame:
-    ``length - strip`` (the inner frame of a decapsulated frame).
+    ``length - strip`` (the inner frame of a decapsulated frame). No read of any of these
+    memories that meets a write to the same word in the same cycle is used (the counters read
+    beside the previous frame's write are replaced by the forwarded sum), so the board build
+    lets such reads return anything (``openvtep.boards.build.RELAXED_COLLISIONS``).
 
     Throughput: a frame takes ``max(1, active profiles)`` cycles (a dropped frame 1): with 4
     profiles, one frame every 4 cycles, so a 64-byte frame at W = 8 (8 cycles) keeps line rate.
