@@ -51,10 +51,11 @@ ROUTE_STALL_ITERATIONS = 25
 # word (Amaranth marks every read port so), which ECP5 and iCE40 block RAMs do not promise across
 # their two ports: it copies every write into registers and muxes them into every read bit (83
 # flip-flops and 53 LUTs on one 512 x 36 block; 3,662 flip-flops and 3,458 LUTs at the block
-# RAM outputs of the ULX3S's 2,048/32 tables). The classifier never uses such a read: its register port reads and
-# writes at different times, and a lookup reading the rule counters the frame before it is
-# writing takes the forwarded sum instead (its tests compare every counter with the reference
-# model, so a read of the old word would show). Its memories' collisions are don't-care.
+# RAM outputs of the ULX3S's 2,048/32 tables). The classifier never uses such a read: its
+# register port reads and writes at different times, and a lookup reading the rule counters the
+# frame before it is writing takes the forwarded sum instead (its tests compare every counter
+# with the reference model, so a read of the old word would show). Its memories' collisions are
+# don't-care.
 RELAXED_COLLISIONS = "setparam -set COLLISION_X_MASK 1'1 *.classifier/t:$memrd_v2"
 
 # Amaranth tool name -> (YoWASP command, PyPI package, Debian package).
