@@ -6,6 +6,9 @@ of this block) and turns the winner into the frame's :class:`EditCommand`
 (docs/semantics.md step 4; OpenFlow 1.3 priorities, the winner being the smallest rule index).
 """
 
+import functools
+import operator
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -38,6 +41,8 @@ BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
+# Wildcard CAM chunk words ANDed per registered partial match: one LUT4 per position.
+WILD_GROUP = 4
 # Frames from their record's acceptance to their verdict taken, at most: the depth of the
 # records FIFO and of the verdicts FIFO (5 in the lookup stages at most, and some waiting).
 IN_FLIGHT = 8
@@ -358,7 +363,7 @@ class Classifier(wiring.Component):
 
         # --- Stage B: compare each slot's entry where its row is read, one registered match
         # bit per ROW_GROUP bits of the row (a block RAM's width), so only match bits travel
-        # from the block RAMs; AND the wildcard CAM's words. -----------------------------------
+        # from the block RAMs; AND the wildcard CAM's words in groups. -------------------------
         expected = Cat(Const(1, 1), sb["p"], sb["key"])   # an entry's valid, profile, key
         slot_eqs, slot_indices = [], []
         for bank, (rp, _) in enumerate(bank_ports):
@@ -374,19 +379,24 @@ class Classifier(wiring.Component):
                              index.eq(rp.data[slot].index)]
                 slot_eqs.append(eqs)
                 slot_indices.append(index)
-        matches = wild_valid
-        for rp, _ in chunk_ports:
-            matches = matches & rp.data
+        # The CAM's words are ANDed in groups of WILD_GROUP chunks, registered: one LUT per
+        # position beside each group's block RAMs, as the rows are compared where they are
+        # read (33 words of 32 bits converging on one AND did not route).
+        w_parts = []
+        for g in range(0, len(chunk_ports), WILD_GROUP):
+            part = Signal(n_wild, name=f"sm_w_part{g // WILD_GROUP}")
+            m.d.sync += part.eq(functools.reduce(
+                operator.and_, (rp.data for rp, _ in chunk_ports[g:g + WILD_GROUP])))
+            w_parts.append(part)
 
-        sm = stage("sm", on=1, w_on=1, w_matches=n_wild, **common)
-        m.d.sync += [sm[k].eq(sb[k]) for k in ("on", "w_on", *common)]
-        m.d.sync += sm["w_matches"].eq(matches)
+        sm = stage("sm", on=1, w_on=1, **common)
+        m.d.sync += [sm[k].eq(sb[k]) for k in sm]
 
         # --- Stage M: the exact table's winner among all slots; the wildcard CAM's: the first
-        # position whose word is set in every chunk. ----------------------------------------
+        # valid position whose word is set in every chunk. ----------------------------------
         c_hit, c_index = _first_hit([(sm["on"] & eqs.all(), index)
                                      for eqs, index in zip(slot_eqs, slot_indices)])
-        w_matches = sm["w_matches"]
+        w_matches = functools.reduce(operator.and_, w_parts, wild_valid)
         w_hit, w_index = _first_position([(w_matches[k], wild_index[k]) for k in range(n_wild)])
 
         sc = stage("sc", c_hit=1, c_index=index_shape, w_hit=1, w_index=index_shape, **common)
