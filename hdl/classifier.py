@@ -38,6 +38,8 @@ class Verdict(data.Struct):
 # An ECP5 block RAM (DP16KD) holds 18 Kbit as 512 x 36, 1024 x 18, 2048 x 9, 4096 x 4 ... bits.
 BLOCK_RAM_BITS = 18 * 1024
 BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
+# A LUT RAM (TRELLIS_DPR16X4, two LUTs' worth) holds 16 words of 4 bits.
+LUT_RAM_WORDS = 16
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
@@ -56,11 +58,13 @@ class _Columns:
     spot); columns read each block RAM's output straight out. A depth just past a power of two
     (2,080 rules: 2,048 exact and 32 wildcard) is not rounded up (to 4,096 words of 4-bit
     columns, twice the blocks): the power of two is stored in columns, the rest in a memory
-    of its own, and a 2-way mux picks the read. Ports: ``r_addr``, ``r_en``, ``r_data`` (a
+    of its own, and a 2-way mux picks the read. The rest is asked to be block RAM
+    (``ram_style``): Yosys would build its few words from LUT RAM, 1,700 LUTs at 2,080 rules,
+    each fed the write data. Ports: ``r_addr``, ``r_en``, ``r_data`` (a
     view of ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``; ``columns`` are
     the memories, ``rest`` the :class:`_Columns` past the power of two (or None)."""
 
-    def __init__(self, m, name, shape, depth):
+    def __init__(self, m, name, shape, depth, *, attrs=None):
         layout = data.Layout.cast(shape)
         self.r_addr = Signal(range(depth), name=f"{name}_r_addr")
         self.w_addr = Signal(range(depth), name=f"{name}_w_addr")
@@ -69,10 +73,11 @@ class _Columns:
         self.columns, self.rest = [], None
         main = 1 << (depth.bit_length() - 1)    # the largest power of two up to depth
         if depth == main or main * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
-            self.r_data = data.View(layout, self._columns(m, name, layout.size, depth))
+            self.r_data = data.View(layout, self._columns(m, name, layout.size, depth, attrs))
             return
         bits = main.bit_length() - 1
-        self.rest = rest = _Columns(m, f"{name}_rest", shape, depth - main)
+        self.rest = rest = _Columns(m, f"{name}_rest", shape, depth - main,
+                                    attrs={"ram_style": "block"})
         in_rest = Signal(name=f"{name}_r_rest")   # the read's word is in ``rest``
         below = self._columns(m, name, layout.size, main, addr_bits=bits,
                               w_en=self.w_en & (self.w_addr < main))
@@ -83,9 +88,10 @@ class _Columns:
             m.d.sync += in_rest.eq(self.r_addr >= main)
         self.r_data = data.View(layout, Mux(in_rest, rest.r_data.as_value(), below))
 
-    def _columns(self, m, name, size, depth, *, addr_bits=None, w_en=None):
-        """The read data of ``depth`` words stored in columns, addressed by the ports' low
-        ``addr_bits`` bits (all by default), written when ``w_en`` (the port's by default)."""
+    def _columns(self, m, name, size, depth, attrs=None, *, addr_bits=None, w_en=None):
+        """The read data of ``depth`` words stored in columns (memories with ``attrs``),
+        addressed by the ports' low ``addr_bits`` bits (all by default), written when ``w_en``
+        (the port's by default)."""
         words = 1 << (depth - 1).bit_length()
         if words * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
             column = size      # 512 words or fewer: the widest blocks, no mux to avoid
@@ -98,7 +104,7 @@ class _Columns:
         read = []
         for k, start in enumerate(starts):
             width = min(column, size - start)
-            mem = Memory(shape=width, depth=depth, init=[])
+            mem = Memory(shape=width, depth=depth, init=[], attrs=attrs)
             m.submodules[name if len(starts) == 1 else f"{name}{k}"] = mem
             self.columns.append(mem)
             rp, wp = mem.read_port(), mem.write_port()
@@ -285,8 +291,11 @@ class Classifier(wiring.Component):
             chunk_ports.append((mem.read_port(), mem.write_port()))
         wild_valid = Signal(n_wild)
         wild_index = [Signal(index_shape, name=f"wild_index{k}") for k in range(n_wild)]
-        m.submodules.wild_entries = wild_entries = Memory(shape=wild_layout, depth=n_wild,
-                                                          init=[])
+        # Read only by the register port: past one LUT RAM's depth, a block RAM (Yosys would
+        # build 32 entries of 601 bits from some 900 LUT RAM cells and 600 LUTs of read mux).
+        m.submodules.wild_entries = wild_entries = Memory(
+            shape=wild_layout, depth=n_wild, init=[],
+            attrs={"ram_style": "block"} if n_wild > LUT_RAM_WORDS else None)
         wild_rp, wild_wp = wild_entries.read_port(), wild_entries.write_port()
         sweep = Signal(cbits + 1)   # a wildcard write's read address; it writes the one before
         sweeping = Signal()
