@@ -44,8 +44,14 @@ __all__ = ["TOOLCHAINS", "BuildError", "build", "format_report", "resolve_tool",
 TOOLCHAINS = ("yowasp", "system")
 HEARTBEAT_SECONDS = 30
 # router2 never gives up on its own: a route whose overused wires have not reached a new low
-# for this many iterations is stopped, and the build fails as "does-not-route".
+# for ROUTE_STALL_ITERATIONS iterations is stopped, and the build fails as "does-not-route".
+# Once it is down to ROUTE_TAIL_WIRES wires it gets ROUTE_TAIL_ITERATIONS: an iteration then
+# reroutes only those few nets (about a second against a minute), and clearing the last one can
+# take dozens (the ULX3S 64/4 build once sat at 1 or 2 wires from iteration 62 to 76, and
+# another netlist of it from 67 past 92).
 ROUTE_STALL_ITERATIONS = 25
+ROUTE_TAIL_WIRES = 16
+ROUTE_TAIL_ITERATIONS = 250
 
 # Yosys gives a block RAM read that meets a write to the same word in the same cycle the old
 # word (Amaranth marks every read port so), which ECP5 and iCE40 block RAMs do not promise across
@@ -222,20 +228,23 @@ class RouteStalled(Exception):
 
 class _RouteWatch:
     """Follows router2's iterations and raises :class:`RouteStalled` once the overused wires
-    have not reached a new low for ``patience`` iterations."""
+    have not reached a new low for ``ROUTE_STALL_ITERATIONS`` iterations
+    (``ROUTE_TAIL_ITERATIONS`` once the low is ``ROUTE_TAIL_WIRES`` or fewer)."""
 
-    def __init__(self, patience=ROUTE_STALL_ITERATIONS):
-        self.patience = patience
+    def __init__(self):
         self.best = self.best_iteration = None
 
     def see(self, iteration, overused):
         if self.best is None or overused < self.best:
             self.best, self.best_iteration = overused, iteration
-        elif iteration - self.best_iteration >= self.patience:
+            return
+        patience = (ROUTE_TAIL_ITERATIONS if self.best <= ROUTE_TAIL_WIRES
+                    else ROUTE_STALL_ITERATIONS)
+        if iteration - self.best_iteration >= patience:
             raise RouteStalled(
                 f"routing does not converge: {overused:,} wires overused at iteration "
                 f"{iteration}, no better than the {self.best:,} of iteration "
-                f"{self.best_iteration} for {self.patience} iterations; stopped (try --seed, "
+                f"{self.best_iteration} for {patience} iterations; stopped (try --seed, "
                 f"smaller tables with --exact/--wildcard, or a larger device)")
 
 

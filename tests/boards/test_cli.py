@@ -192,9 +192,7 @@ def test_route_that_stops_converging_is_stopped(tmp_path):
 
     from openvtep.boards.build import ROUTE_STALL_ITERATIONS, _Progress
     overused = [30000, 9000, 209] + [300 + k for k in range(ROUTE_STALL_ITERATIONS)]
-    log_lines = ["Info: Routing globals...", "Info: Running router2..."] + [
-        f"Info:     iter={k + 1} wires=500000 overused={n} overuse={n} archfail=NA"
-        for k, n in enumerate(overused)]
+    log_lines = _router2_log(overused)
     said = []
     progress = _Progress("test", said.append)
     progress.enter("place")
@@ -215,6 +213,45 @@ def test_route_that_stops_converging_is_stopped(tmp_path):
     code, lines, stopped, _ = _run_router_log(tmp_path, watch_lines,
                                               _Progress("test", said.append))
     assert code == 0 and stopped is None and lines == watch_lines
+
+
+def test_route_down_to_a_few_wires_gets_more_iterations(tmp_path):
+    """Down to ROUTE_TAIL_WIRES overused wires an iteration takes about a second and the last
+    wires can take dozens: the route is stopped only after ROUTE_TAIL_ITERATIONS without a new
+    low (the 64/4 ULX3S build sat at 1 wire for more than 25 iterations)."""
+    from openvtep.boards.build import (
+        ROUTE_STALL_ITERATIONS,
+        ROUTE_TAIL_ITERATIONS,
+        ROUTE_TAIL_WIRES,
+        _Progress,
+    )
+    assert ROUTE_TAIL_ITERATIONS > ROUTE_STALL_ITERATIONS
+    head = [30000, 900, ROUTE_TAIL_WIRES + 1, ROUTE_TAIL_WIRES]
+    going_on = _router2_log(head + [ROUTE_TAIL_WIRES + 3] * (ROUTE_TAIL_ITERATIONS - 1))
+    code, lines, stopped, _ = _run_router_log(tmp_path, going_on, _Progress("test", print))
+    assert code == 0 and stopped is None and lines == going_on
+
+    stuck = _router2_log(head + [ROUTE_TAIL_WIRES + 3] * ROUTE_TAIL_ITERATIONS)
+    code, lines, stopped, _ = _run_router_log(tmp_path, stuck, _Progress("test", print),
+                                              then="time.sleep(600)")
+    last = len(head) + ROUTE_TAIL_ITERATIONS
+    assert stopped.startswith(f"routing does not converge: {ROUTE_TAIL_WIRES + 3} wires "
+                              f"overused at iteration {last}, no better than the "
+                              f"{ROUTE_TAIL_WIRES} of iteration {len(head)} for "
+                              f"{ROUTE_TAIL_ITERATIONS} iterations; stopped")
+
+    # Above ROUTE_TAIL_WIRES, the usual patience.
+    wide = _router2_log([30000, ROUTE_TAIL_WIRES + 1] + [900] * ROUTE_STALL_ITERATIONS)
+    _, _, stopped, _ = _run_router_log(tmp_path, wide, _Progress("test", print),
+                                       then="time.sleep(600)")
+    assert stopped is not None and f"for {ROUTE_STALL_ITERATIONS} iterations" in stopped
+
+
+def _router2_log(overused):
+    """nextpnr's router2 lines for iterations leaving ``overused`` wires overused."""
+    return ["Info: Routing globals...", "Info: Running router2..."] + [
+        f"Info:     iter={k + 1} wires=500000 overused={n} overuse={n} archfail=NA"
+        for k, n in enumerate(overused)]
 
 
 def _report_from_log(tmp_path, log_lines, run):
