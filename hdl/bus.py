@@ -1,7 +1,8 @@
 """The control bus: how the control bridge reaches registers, tables and counters.
 
 One simple memory-mapped bus, defined here once (:class:`Signature`), with the blocks that hang
-targets off it: :class:`BusDecoder` (address ranges to targets), :class:`RegisterFile`
+targets off it: :class:`BusDecoder` (address ranges to targets), :class:`BusRegister` (a
+register stage on a long way), :class:`RegisterFile`
 (configuration and ID words), :class:`MemoryTarget` (a block RAM, e.g. a table) and
 :class:`CounterBlock` (counters, 64-bit by default).
 
@@ -28,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from .. import protocol
 
-__all__ = ["BusDecoder", "CounterBlock", "MemoryTarget", "RegisterFile", "RegisterPortAdapter",
+__all__ = ["BusDecoder", "BusRegister", "CounterBlock", "MemoryTarget", "RegisterFile", "RegisterPortAdapter",
            "Signature"]
 
 DATA_BITS = 32
@@ -140,6 +141,32 @@ class BusDecoder(wiring.Component):
             bus.r_data.eq(r_data),
             bus.r_err.eq(r_err | unmapped),
         ]
+        return m
+
+
+class BusRegister(wiring.Component):
+    """A register stage between an initiator (on ``i``) and a target (on ``o``): the request
+    leaves for the target from registers and the response returns from registers, so no
+    combinational path crosses the stage either way (a board's bridge FSM, two decoders and
+    the classifier's register port made one 19 ns path).
+
+    Latency: 2 cycles added to every request, one each way.
+    """
+
+    def __init__(self, addr_width=protocol.ADDR_BITS):
+        super().__init__({"i": In(Signature(addr_width)), "o": Out(Signature(addr_width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        held = Signal()     # a request in the registers, not yet taken by the target
+        m.d.comb += [i.ready.eq(~held), o.valid.eq(held)]
+        with m.If(i.valid & ~held):
+            m.d.sync += [held.eq(1), o.addr.eq(i.addr), o.w_en.eq(i.w_en),
+                         o.w_data.eq(i.w_data)]
+        with m.Elif(o.ready):
+            m.d.sync += held.eq(0)
+        m.d.sync += [i.r_valid.eq(o.r_valid), i.r_data.eq(o.r_data), i.r_err.eq(o.r_err)]
         return m
 
 

@@ -5,8 +5,9 @@
 :class:`~openvtep.hdl.pipeline.Pipeline`:
 
 - the bridge's bus goes to a :class:`~openvtep.hdl.bus.BusDecoder` with the pipeline's bus
-  (tables, rule/port/drop counters: :mod:`openvtep.regmap`) at :data:`PIPELINE_BASE` and the
-  top's own registers (:data:`TOP_REGS`) at :data:`TOP_BASE`;
+  (tables, rule/port/drop counters: :mod:`openvtep.regmap`), behind a
+  :class:`~openvtep.hdl.bus.BusRegister`, at :data:`PIPELINE_BASE` and the top's own registers
+  (:data:`TOP_REGS`) at :data:`TOP_BASE`;
 - frames injected through the bridge (``INJECT``) enter the pipeline on their port: on boards
   without an Ethernet PHY (and on the virtual board) this is how host and net frames arrive;
 - every frame the pipeline emits goes, with its output port, through a capture FIFO (a few
@@ -28,7 +29,7 @@ from .. import protocol as p
 from .. import regmap as rm
 from ..tables import Geometry
 from .bridge import ControlBridge, frame_layout
-from .bus import BusDecoder, RegisterFile
+from .bus import BusDecoder, BusRegister, RegisterFile
 from .pipeline import Pipeline
 
 __all__ = ["ENCAP_GROWTH", "PIPELINE_BASE", "TOP_BASE", "TOP_ID", "TOP_REGS", "VtepTop",
@@ -136,7 +137,9 @@ class VtepTop(wiring.Component):
         })  # "tables" is a plain read/write word
         m.submodules.regs = regs
         m.submodules.decoder = decoder = BusDecoder(p.ADDR_BITS)
-        decoder.add(pipeline.bus, addr=PIPELINE_BASE, size=1 << rm.ADDR_BITS)
+        m.submodules.pipeline_bus = pipeline_bus = BusRegister(rm.ADDR_BITS)
+        wiring.connect(m, pipeline_bus.o, pipeline.bus)
+        decoder.add(pipeline_bus.i, addr=PIPELINE_BASE, size=1 << rm.ADDR_BITS)
         decoder.add(regs.bus, addr=TOP_BASE, size=8)
         wiring.connect(m, bridge.bus, decoder.bus)
 

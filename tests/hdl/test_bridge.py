@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 from amaranth.hdl import Module, UnusedElaboratable
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from openvtep import protocol as p
@@ -124,11 +125,18 @@ def test_bridge_rejects_bad_parameters(kwargs):
         gc.collect()
 
 
-def test_bus_decoder_routing():
+@pytest.mark.parametrize("registered", [False, True])
+def test_bus_decoder_routing(registered):
     """Requests reach the target owning the address, with the offset; unmapped ones answer
-    r_err; writes are acknowledged; a 64-bit counter reads back consistently."""
+    r_err; writes are acknowledged; a 64-bit counter reads back consistently. Behind a
+    BusRegister, every answer is the same, exactly 2 cycles later."""
     m = Module()
     m.submodules.dec = dec = BusDecoder()
+    initiator = dec.bus
+    if registered:
+        m.submodules.stage = stage = bus.BusRegister()
+        wiring.connect(m, stage.o, dec.bus)
+        initiator = stage.i
     m.submodules.regs = regs = RegisterFile(4, read_only={0: 0xABCD})
     m.submodules.ram = ram = MemoryTarget(16)
     m.submodules.cnt = cnt = CounterBlock(2)
@@ -143,21 +151,26 @@ def test_bus_decoder_routing():
     m.d.comb += cnt.add[1].eq(0xFFFF)
     results = []
 
+    cycles = []
+
     async def access(ctx, addr, write=False, data=0):
-        ctx.set(dec.bus.addr, addr)
-        ctx.set(dec.bus.w_en, write)
-        ctx.set(dec.bus.w_data, data)
-        ctx.set(dec.bus.valid, 1)
+        ctx.set(initiator.addr, addr)
+        ctx.set(initiator.w_en, write)
+        ctx.set(initiator.w_data, data)
+        ctx.set(initiator.valid, 1)
         while True:
-            _, _, ready = await ctx.tick().sample(dec.bus.ready)
+            _, _, ready = await ctx.tick().sample(initiator.ready)
             if ready:
                 break
-        ctx.set(dec.bus.valid, 0)
+        ctx.set(initiator.valid, 0)
+        waited = 1
         while True:
             _, _, r_valid, r_data, r_err = await ctx.tick().sample(
-                dec.bus.r_valid, dec.bus.r_data, dec.bus.r_err)
+                initiator.r_valid, initiator.r_data, initiator.r_err)
             if r_valid:
+                cycles.append(waited)
                 return (r_data, r_err)
+            waited += 1
 
     async def bench(ctx):
         results.append(await access(ctx, 0x100))
@@ -175,6 +188,8 @@ def test_bus_decoder_routing():
     _run(m, bench)
     assert results == [(0xABCD, 0), (0, 1), (0, 0), (7, 0), (0, 0), (9, 0), (0, 1), (0, 1),
                        True]
+    # Accepted to answered: every target here answers the next cycle.
+    assert cycles == [1 + 2 * registered] * 10
     assert bus.Signature(8) == bus.Signature(8) != bus.Signature(9)
 
 
