@@ -525,15 +525,23 @@ class Classifier(wiring.Component):
             wild_wp.data.eq(new),
             wild_wp.en.eq(bus_exec & wild_write),
         ]
-        swept = (sweep - 1)[:cbits]
+        # The word written is the one read the cycle before (``sweep - 1``); its address, its
+        # match over each chunk and the write enable come from registers, loaded as it is read:
+        # they reach 33 block RAMs spread over the chip (from the counter through a subtractor
+        # and a compare, they were the routed 64/4 build's critical path, 21.4 ns).
+        swept = Signal(cbits)
+        sweep_write = Signal()
+        m.d.sync += [swept.eq(sweep[:cbits]),
+                     sweep_write.eq(sweeping & (sweep != 1 << cbits))]
         for j, (rp, wp) in enumerate(chunk_ports):
             value = _fit(new.value[j * cbits:(j + 1) * cbits], cbits)
             mask = _fit(new.mask[j * cbits:(j + 1) * cbits], cbits)
-            match = (swept & mask) == value
+            match = Signal(name=f"wild_match{j}")
+            m.d.sync += match.eq((sweep[:cbits] & mask) == value)
             m.d.comb += [
                 wp.addr.eq(swept),
                 wp.data.eq(Cat(Mux(position == k, match, rp.data[k]) for k in range(n_wild))),
-                wp.en.eq(sweeping & (sweep != 0)),
+                wp.en.eq(sweep_write),
             ]
 
         written = Signal(wild_layout)   # read back: valid is the register's (reset clears it)
