@@ -29,8 +29,8 @@ from amaranth.lib.wiring import In, Out
 
 from .. import protocol
 
-__all__ = ["BusDecoder", "BusRegister", "CounterBlock", "MemoryTarget", "RegisterFile", "RegisterPortAdapter",
-           "Signature"]
+__all__ = ["BusDecoder", "BusRegister", "CounterBlock", "MemoryTarget", "RegisterFile",
+           "RegisterPortAdapter", "Signature"]
 
 DATA_BITS = 32
 

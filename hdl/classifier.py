@@ -59,10 +59,10 @@ class _Columns:
     (2,080 rules: 2,048 exact and 32 wildcard) is not rounded up (to 4,096 words of 4-bit
     columns, twice the blocks): the power of two is stored in columns, the rest in a memory
     of its own, and a 2-way mux picks the read. The rest is asked to be block RAM
-    (``ram_style``): Yosys would build its few words from LUT RAM, 1,700 LUTs at 2,080 rules,
-    each fed the write data. Ports: ``r_addr``, ``r_en``, ``r_data`` (a
-    view of ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``; ``columns`` are
-    the memories, ``rest`` the :class:`_Columns` past the power of two (or None)."""
+    (``ram_style``; the memories get ``attrs``): Yosys would build its few words from LUT RAM,
+    every cell fed the write data. Ports: ``r_addr``, ``r_en``, ``r_data`` (a view of
+    ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``; ``columns`` are the
+    memories, ``rest`` the :class:`_Columns` past the power of two (or None)."""
 
     def __init__(self, m, name, shape, depth, *, attrs=None):
         layout = data.Layout.cast(shape)
