@@ -149,9 +149,7 @@ def test_bus_decoder_routing(registered):
     with pytest.raises(ValueError, match="multiple"):
         dec.add(spare, addr=0x208)
     m.d.comb += cnt.add[1].eq(0xFFFF)
-    results = []
-
-    cycles = []
+    results, cycles = [], []   # cycles: from a request's acceptance to its answer
 
     async def access(ctx, addr, write=False, data=0):
         ctx.set(initiator.addr, addr)
@@ -188,7 +186,7 @@ def test_bus_decoder_routing(registered):
     _run(m, bench)
     assert results == [(0xABCD, 0), (0, 1), (0, 0), (7, 0), (0, 0), (9, 0), (0, 1), (0, 1),
                        True]
-    # Accepted to answered: every target here answers the next cycle.
+    # Every target here answers the next cycle.
     assert cycles == [1 + 2 * registered] * 10
     assert bus.Signature(8) == bus.Signature(8) != bus.Signature(9)
 
