@@ -79,7 +79,7 @@ class _Columns:
         self.rest = rest = _Columns(m, f"{name}_rest", shape, depth - main,
                                     attrs={"ram_style": "block"})
         in_rest = Signal(name=f"{name}_r_rest")   # the read's word is in ``rest``
-        below = self._columns(m, name, layout.size, main, addr_bits=bits,
+        below = self._columns(m, name, layout.size, main, attrs, addr_bits=bits,
                               w_en=self.w_en & (self.w_addr < main))
         m.d.comb += [rest.r_addr.eq(self.r_addr - main), rest.r_en.eq(self.r_en),
                      rest.w_addr.eq(self.w_addr - main), rest.w_data.eq(self.w_data),
