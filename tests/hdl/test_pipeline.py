@@ -124,9 +124,11 @@ def test_controller_copy_beside_output(seed):
     """Random rules with controller copies beside edited outputs (before and after them in
     the action list), random gaps and backpressure."""
     ruleset, batch = random_case(seed, 100, 20, punt=True)
+    # The random rules stay below the first rule, so that host frames are copied: a random
+    # catch-all above it left no copy in 24 of 300 seeds.
     ruleset = parse_rules("priority=40000,in_port=host,actions=output:host,controller\n"
                           "priority=1,actions=output:host,controller\n"
-                          + "\n".join(r.text for r in ruleset))
+                          + "\n".join(r.text for r in ruleset if r.priority < 40000))
     rtl = rtl_engine(vf.CONFIG, ruleset, batch, 8, geometry=GEOMETRY, idle=0.2,
                      backpressure=0.3, seed=seed)
     ref = Reference(vf.CONFIG, ruleset).run(batch)
