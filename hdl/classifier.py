@@ -38,8 +38,6 @@ class Verdict(data.Struct):
 # An ECP5 block RAM (DP16KD) holds 18 Kbit as 512 x 36, 1024 x 18, 2048 x 9, 4096 x 4 ... bits.
 BLOCK_RAM_BITS = 18 * 1024
 BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
-# A LUT RAM (TRELLIS_DPR16X4, two LUTs' worth) holds 16 words of 4 bits.
-LUT_RAM_WORDS = 16
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
@@ -215,13 +213,14 @@ class Classifier(wiring.Component):
     Tables and counters are read and written through ``bus`` (:class:`openvtep.hdl.bus.Signature`)
     with the address map of :mod:`openvtep.regmap` (``CLASSIFIER`` range). Every request is
     answered the next cycle, except a ``COMMAND`` write: it holds new frames back, waits until
-    no lookup is in flight, runs, and is answered when done (3 or more cycles; a wildcard
-    write rewrites its position's bit at every address of every chunk memory, read-modify-write,
-    ``2**chunk_bits + 1`` cycles more), so frames see each entry wholly before or after a
-    write. The wildcard entries as written are kept in a memory of their own for reading back.
-    Unknown addresses, and writes to read-only words, answer ``r_err``. After reset every table
-    is empty (the wildcard positions' valid bits are registers) and ``profile_count`` is 0:
-    every frame misses until tables are loaded.
+    no lookup is in flight, runs, and is answered when done (3 or more cycles), so frames see
+    each entry wholly before or after a write. A wildcard write stores the entry as written in
+    a memory of its own, for reading back, a staging word per cycle (19 cycles more; a read
+    loads it back as slowly), then rewrites its position's bit at every address of every chunk
+    memory, read-modify-write (``2**chunk_bits + 1`` cycles more). Unknown addresses, and
+    writes to read-only words, answer ``r_err``. After reset every table is empty (the
+    wildcard positions' valid bits are registers) and ``profile_count`` is 0: every frame
+    misses until tables are loaded.
 
     Parameters
     ----------
@@ -291,12 +290,15 @@ class Classifier(wiring.Component):
             chunk_ports.append((mem.read_port(), mem.write_port()))
         wild_valid = Signal(n_wild)
         wild_index = [Signal(index_shape, name=f"wild_index{k}") for k in range(n_wild)]
-        # Read only by the register port: past one LUT RAM's depth, a block RAM (32 entries of
-        # 601 bits in LUT RAM, with its read mux, took 2,562 more LUTs on the ULX3S 2,048/32).
+        # Read only by the register port, one staging word at a time: position ``k``'s word
+        # ``w`` at ``k << lane_bits | w``, in block RAM (two for 32 entries). As 601-bit words it
+        # took 17 block RAMs, and its data pins were wired to every staging bit.
+        wild_words = -(-wild_layout.size // 32)
+        lane_bits = (wild_words - 1).bit_length()
         m.submodules.wild_entries = wild_entries = Memory(
-            shape=wild_layout, depth=n_wild, init=[],
-            attrs={"ram_style": "block"} if n_wild > LUT_RAM_WORDS else None)
+            shape=32, depth=n_wild << lane_bits, init=[], attrs={"ram_style": "block"})
         wild_rp, wild_wp = wild_entries.read_port(), wild_entries.write_port()
+        lane = Signal(range(wild_words + 1))   # the staging word the register port moves
         sweep = Signal(cbits + 1)   # a wildcard write's read address; it writes the one before
         sweeping = Signal()
 
@@ -517,13 +519,14 @@ class Classifier(wiring.Component):
         new = data.View(wild_layout, staged[:wild_layout.size])
         position = cmd_index[:max(1, (n_wild - 1).bit_length())]
         wild_write = Signal()
+        storing, loading = Signal(), Signal()
         m.d.comb += [
             wild_write.eq(is_write & (table == rm.TABLE_WILDCARD) & (cmd_index < n_wild)),
-            wild_rp.addr.eq(position),
-            wild_rp.en.eq(bus_exec),
-            wild_wp.addr.eq(position),
-            wild_wp.data.eq(new),
-            wild_wp.en.eq(bus_exec & wild_write),
+            wild_rp.addr.eq(Cat(lane[:lane_bits], position)),
+            wild_rp.en.eq(loading),
+            wild_wp.addr.eq(Cat(lane[:lane_bits], position)),
+            wild_wp.data.eq(Array(staging[:wild_words])[lane]),
+            wild_wp.en.eq(storing),
         ]
         # The word written is the one read the cycle before (``sweep - 1``); its address, its
         # match over each chunk and the write enable come from registers, loaded as it is read:
@@ -544,9 +547,11 @@ class Classifier(wiring.Component):
                 wp.en.eq(sweep_write),
             ]
 
-        written = Signal(wild_layout)   # read back: valid is the register's (reset clears it)
-        m.d.comb += [written.eq(wild_rp.data),
-                     written.valid.eq(wild_valid.bit_select(position, 1))]
+        # Read back, word ``lane - 1`` (read the cycle before) to its staging word; valid (bit
+        # 0) is the register's: reset clears it.
+        loaded = Signal(32)
+        m.d.comb += loaded.eq(Mux(lane == 1, Cat(wild_valid.bit_select(position, 1),
+                                                 wild_rp.data[1:]), wild_rp.data))
 
         m.d.sync += [bus.r_valid.eq(0), bus.r_err.eq(0)]
 
@@ -599,13 +604,17 @@ class Classifier(wiring.Component):
                         for k, index in enumerate(wild_index):
                             with m.If(position == k):
                                 m.d.sync += [wild_valid[k].eq(new.valid), index.eq(new.index)]
-                        m.d.sync += sweep.eq(0)
-                        m.next = "Sweep"
+                        m.d.sync += [lane.eq(0), sweep.eq(0)]
+                        m.next = "Store"
                     with m.Else():
                         m.d.sync += bus.r_valid.eq(1)
                         m.next = "Idle"
                 with m.Else():
                     m.next = "Capture"
+            with m.State("Store"):   # the entry as written, a staging word per cycle
+                m.d.sync += lane.eq(lane + 1)
+                with m.If(lane == wild_words - 1):
+                    m.next = "Sweep"
             with m.State("Sweep"):
                 m.d.sync += sweep.eq(sweep + 1)
                 with m.If(sweep == 1 << cbits):
@@ -618,18 +627,32 @@ class Classifier(wiring.Component):
                     with m.Case(rm.TABLE_PROFILE):
                         capture(Array(masks)[cmd_index[:max(1, (n_profiles - 1).bit_length())]])
                     with m.Case(rm.TABLE_WILDCARD):
-                        capture(written)
+                        capture(0)   # zeros; "Load" fills the entry's words
+                        m.d.sync += lane.eq(0)
                     with m.Case(rm.TABLE_ACTION):
                         capture(actions.r_data)
                     with m.Case(rm.TABLE_COUNTER):
                         capture(counters.r_data)
-                m.d.sync += bus.r_valid.eq(1)
-                m.next = "Idle"
+                with m.If(table == rm.TABLE_WILDCARD):
+                    m.next = "Load"
+                with m.Else():
+                    m.d.sync += bus.r_valid.eq(1)
+                    m.next = "Idle"
+            with m.State("Load"):    # the entry as written, a staging word per cycle
+                m.d.sync += lane.eq(lane + 1)
+                for k, word_k in enumerate(staging[:wild_words]):
+                    with m.If(lane == k + 1):
+                        m.d.sync += word_k.eq(loaded)
+                with m.If(lane == wild_words):
+                    m.d.sync += bus.r_valid.eq(1)
+                    m.next = "Idle"
         m.d.comb += [
             bus.ready.eq(fsm.ongoing("Idle")),
             pause.eq(~fsm.ongoing("Idle")),
             bus_exec.eq(fsm.ongoing("Execute")),
             sweeping.eq(fsm.ongoing("Sweep")),
+            storing.eq(fsm.ongoing("Store")),
+            loading.eq(fsm.ongoing("Load")),
         ]
 
         return m
