@@ -136,8 +136,10 @@ class Pipeline(wiring.Component):
                     counters.add[base + 1].eq(Mux(here, nbytes, 0)),
                 ]
 
+        # Read only, as the register map says: the words past the reasons read 0 (they were
+        # writable registers, 192 flip-flops that nothing used).
         drops = RegisterFile(rm.DROPS_RANGE[1], read_only={
-            int(reason): editor.drops[int(reason)] for reason in DropReason})
+            k: editor.drops[k] if k < len(DropReason) else 0 for k in range(rm.DROPS_RANGE[1])})
         m.submodules.drops = drops
 
         m.submodules.decoder = decoder = BusDecoder(rm.ADDR_BITS)

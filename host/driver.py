@@ -66,13 +66,14 @@ class DeviceCommandError(DeviceError):
 
 
 class DeviceBusError(DeviceCommandError):
-    """A bus access failed: no target at ``address``, or it did not answer."""
+    """A bus access failed: no target at ``address``, or it refused the access (a write to a
+    read-only word), or it did not answer."""
 
     def __init__(self, url, command, status, address):
         self.address = address
-        what = "no target answers at" if status == p.Status.BUS_ERROR else \
-            "target timed out at"
-        super().__init__(url, command, status, address, f"{what} address {address:#08x}")
+        what = ("bus error (no target there, or a read-only word)"
+                if status == p.Status.BUS_ERROR else "target timed out")
+        super().__init__(url, command, status, address, f"{what} at address {address:#08x}")
 
 
 class DeviceResetError(DeviceError):

@@ -146,7 +146,7 @@ class Status(enum.IntEnum):
     BAD_FRAME = 5        # info: 0. COBS framing error: delimiter inside a code group
     SEQUENCE = 6         # info: the seq received; expected_seq: the one the bridge wants
     BAD_ARGUMENT = 7     # info: the offending value (inject port, block count)
-    BUS_ERROR = 8        # info: the word address that failed (no target there)
+    BUS_ERROR = 8        # info: the word address that failed (no target, or read-only)
     BUS_TIMEOUT = 9      # info: the word address whose target did not answer
 
 

@@ -338,7 +338,7 @@ STATUS_ERRORS = [
     (p.Status.BAD_FRAME, 0, DeviceCommandError, "device reports BAD_FRAME"),
     (p.Status.SEQUENCE, 7, DeviceCommandError, "device reports SEQUENCE"),
     (p.Status.BAD_ARGUMENT, 5, DeviceCommandError, "device reports BAD_ARGUMENT"),
-    (p.Status.BUS_ERROR, 0x123, DeviceBusError, "no target answers at address 0x000123"),
+    (p.Status.BUS_ERROR, 0x123, DeviceBusError, "bus error (no target there, or a read-only word) at address 0x000123"),
     (p.Status.BUS_TIMEOUT, 0x40, DeviceBusError, "target timed out at address 0x000040"),
     (0x7F, 1, DeviceCommandError, "device reports status 127"),
 ]

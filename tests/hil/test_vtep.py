@@ -115,6 +115,21 @@ def test_rules_that_do_not_fit(vtep):
     vtep.verify()
 
 
+def test_drop_counters_are_read_only(vtep):
+    """The DROPS range: a word per drop reason, the rest read 0; writing any answers a bus
+    error and changes nothing."""
+    import openvtep.regmap as rm
+    from openvtep.headers import DropReason
+    from openvtep.vtep import PIPELINE_BASE
+    base, size = PIPELINE_BASE + rm.DROPS_RANGE[0], rm.DROPS_RANGE[1]
+    before = vtep.device.read_block(base, size)
+    for k in (0, len(DropReason), size - 1):
+        with pytest.raises(DeviceError, match="bus error"):
+            vtep.device.write(base + k, 0x5A5A5A5A)
+    assert vtep.device.read_block(base, size) == before
+    assert before[len(DropReason):] == [0] * (size - len(DropReason))
+
+
 def test_oversize_inject(vtep):
     with pytest.raises(DeviceError, match=r"frame of \d+ bytes: the device takes 1\.\.\d+"):
         vtep.inject(Port.HOST, bytes(vtep.device.info["max_frame"] + 1))
