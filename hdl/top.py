@@ -17,7 +17,8 @@
 (:func:`build_id`: a CRC of W, the configuration and the geometry), so the host can tell
 whether a board was built for the configuration it compares with.
 
-Backpressure: the pipeline's output stalls while the capture FIFO is full; the FIFO drains
+Backpressure: the pipeline's output stalls while the capture FIFO has room for fewer than
+two beats (a register says so, the cycle after); the FIFO drains
 as the host captures. Inject stalls while the pipeline's input buffer is full.
 """
 
@@ -119,9 +120,14 @@ class VtepTop(wiring.Component):
         m.submodules.capture = capture = fifo.SyncFIFOBuffered(
             width=Shape.cast(layout).width, depth=self.capture_depth)
         out, cap = pipeline.o, bridge.i_capture
+        # The pipeline's output is taken while a register says there is room for two more
+        # beats (one may be written in the cycle the register loads): the FIFO's level compare
+        # no longer feeds the editor's output logic (the W=8 ULX3S build's critical path).
+        room = Signal()
+        m.d.sync += room.eq(capture.level < self.capture_depth - 2)
         m.d.comb += [
-            capture.w_data.eq(out.payload), capture.w_en.eq(out.valid),
-            out.ready.eq(capture.w_rdy),
+            capture.w_data.eq(out.payload), capture.w_en.eq(out.valid & room),
+            out.ready.eq(room),
             cap.payload.eq(capture.r_data), cap.valid.eq(capture.r_rdy),
             capture.r_en.eq(cap.ready),
         ]
