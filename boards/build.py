@@ -248,9 +248,27 @@ class _RouteWatch:
                 f"smaller tables with --exact/--wildcard, or a larger device)")
 
 
+class DoesNotFit(Exception):
+    """nextpnr's utilisation after packing shows more cells of a kind than the device has: its
+    static placer would spread them for as long as it is let (the message says which kind)."""
+
+
+def _check_fits(line):
+    """Raise :class:`DoesNotFit` if ``line`` is a utilisation line of nextpnr's log with more
+    used than available."""
+    m = _UTIL_LINE.match(line)
+    if m and int(m.group(2)) > int(m.group(3)):
+        kind, used, total = m.group(1), int(m.group(2)), int(m.group(3))
+        raise DoesNotFit(f"the design does not fit: {kind} {used:,} of {total:,}; stopped "
+                         f"before placing (try smaller tables with --exact/--wildcard, a "
+                         f"narrower --width, or a larger device)")
+
+
 def _run(argv, cwd, log, progress, phase):
     """Run one tool; its output goes to ``log``. Returns (exit status, output lines, why it
-    was stopped or None): a route that stops converging is stopped (:class:`_RouteWatch`)."""
+    was stopped: None, or the :class:`RouteStalled` or :class:`DoesNotFit` that stopped it): a
+    route that stops converging is stopped (:class:`_RouteWatch`), and so is a placement of
+    more cells than the device has."""
     lines = []
     log.write(f"\n$ {' '.join(argv)}\n")
     log.flush()
@@ -261,15 +279,17 @@ def _run(argv, cwd, log, progress, phase):
         for line in proc.stdout:
             log.write(line)
             lines.append(line.rstrip("\n"))
-            if phase == "place" and not routing and _ROUTE_START.match(line):
-                routing = True
-                progress.enter("route")
+            if phase == "place" and not routing:
+                _check_fits(line)
+                if _ROUTE_START.match(line):
+                    routing = True
+                    progress.enter("route")
             if routing and (iteration := _router_iteration(line)):
                 progress.say(_route_status(*iteration))
                 watch.see(iteration[0], iteration[2])
-    except RouteStalled as exc:
-        stopped = str(exc)
-        progress.say(stopped)
+    except (RouteStalled, DoesNotFit) as exc:
+        stopped = exc
+        progress.say(str(stopped))
         log.write(f"\n(openvtep build: {stopped})\n")
         proc.kill()
         proc.stdout.close()
@@ -509,7 +529,8 @@ def _run_plan(plan, tools, out_dir, log_path, label, echo):
             code, lines, stopped = _run([tools[name], *argv[1:]], out_dir, log, progress,
                                         phase)
             if stopped:
-                status, error = "does-not-route", f"{name}: {stopped}"
+                status = "does-not-fit" if isinstance(stopped, DoesNotFit) else "does-not-route"
+                error = f"{name}: {stopped}"
                 break
             if code != 0:
                 status, error = _classify_failure(name, lines)

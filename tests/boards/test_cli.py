@@ -202,11 +202,11 @@ def test_route_that_stops_converging_is_stopped(tmp_path):
     progress.finish()
     assert code == -signal.SIGKILL and lines == log_lines
     last = 3 + ROUTE_STALL_ITERATIONS
-    assert stopped == (f"routing does not converge: {overused[-1]:,} wires overused at "
-                       f"iteration {last}, no better than the 209 of iteration 3 for "
-                       f"{ROUTE_STALL_ITERATIONS} iterations; stopped (try --seed, smaller "
-                       f"tables with --exact/--wildcard, or a larger device)")
-    assert said[-1].endswith(stopped) and stopped in log
+    assert str(stopped) == (f"routing does not converge: {overused[-1]:,} wires overused at "
+                            f"iteration {last}, no better than the 209 of iteration 3 for "
+                            f"{ROUTE_STALL_ITERATIONS} iterations; stopped (try --seed, "
+                            f"smaller tables with --exact/--wildcard, or a larger device)")
+    assert said[-1].endswith(str(stopped)) and str(stopped) in log
 
     # One iteration fewer without a new low: the route goes on.
     watch_lines = log_lines[:-1]
@@ -235,16 +235,40 @@ def test_route_down_to_a_few_wires_gets_more_iterations(tmp_path):
     code, lines, stopped, _ = _run_router_log(tmp_path, stuck, _Progress("test", print),
                                               then="time.sleep(600)")
     last = len(head) + ROUTE_TAIL_ITERATIONS
-    assert stopped.startswith(f"routing does not converge: {ROUTE_TAIL_WIRES + 3} wires "
-                              f"overused at iteration {last}, no better than the "
-                              f"{ROUTE_TAIL_WIRES} of iteration {len(head)} for "
-                              f"{ROUTE_TAIL_ITERATIONS} iterations; stopped")
+    assert str(stopped).startswith(
+        f"routing does not converge: {ROUTE_TAIL_WIRES + 3} wires overused at iteration "
+        f"{last}, no better than the {ROUTE_TAIL_WIRES} of iteration {len(head)} for "
+        f"{ROUTE_TAIL_ITERATIONS} iterations; stopped")
 
     # Above ROUTE_TAIL_WIRES, the usual patience.
     wide = _router2_log([30000, ROUTE_TAIL_WIRES + 1] + [900] * ROUTE_STALL_ITERATIONS)
     _, _, stopped, _ = _run_router_log(tmp_path, wide, _Progress("test", print),
                                        then="time.sleep(600)")
-    assert stopped is not None and f"for {ROUTE_STALL_ITERATIONS} iterations" in stopped
+    assert stopped is not None and f"for {ROUTE_STALL_ITERATIONS} iterations" in str(stopped)
+
+
+def test_placement_of_more_cells_than_the_device_has_is_stopped(tmp_path):
+    """nextpnr's static placer does not give up on a design larger than the device: it spreads
+    it for as long as it is let (a 25F build of 100 block RAMs of 56 placed for 10 minutes). A
+    utilisation line with more used than available stops it before placing, as does-not-fit,
+    naming the kind; a full device (used == available) goes on."""
+    import signal
+
+    from openvtep.boards.build import DoesNotFit, _Progress
+    full = ["Info: Device utilisation:",
+            "Info: \t          TRELLIS_IO:      11/    197     5%",
+            "Info: \t              DP16KD:      56/     56   100%",
+            "Info: \t        TRELLIS_COMB:   22093/  24288    90%",
+            "Info: Placed 11 cells based on constraints."]
+    code, lines, stopped, _ = _run_router_log(tmp_path, full, _Progress("test", print))
+    assert code == 0 and stopped is None and lines == full
+    over = full[:2] + ["Info: \t              DP16KD:     100/     56   178%"] + full[3:]
+    code, lines, stopped, log = _run_router_log(tmp_path, over, _Progress("test", print),
+                                                then="time.sleep(600)")
+    assert code == -signal.SIGKILL and isinstance(stopped, DoesNotFit)
+    assert str(stopped).startswith("the design does not fit: DP16KD 100 of 56; stopped "
+                                   "before placing")
+    assert str(stopped) in log
 
 
 def _router2_log(overused):
