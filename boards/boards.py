@@ -64,10 +64,11 @@ class Board:
     uart_via: str = "on-board FTDI USB-UART"
     uart_pins: tuple = ()
     # Default table geometry of the pipeline design: (exact_entries, wildcard_entries). On the
-    # ULX3S-85F, 64/32 is the largest measured to route: with 256 exact entries or more the
-    # exact-match rows go to block RAM (36 blocks, beside the wildcard CAM's 33), and 512/4,
-    # 512/32 and 2,048/32 all stall in the router (README, "Boards"). 2,048/32 fits in its
-    # 208 block RAMs (142 of them); 4,096 exact entries would need some 210.
+    # ULX3S-85F at W=8, 64/4 is what routes: 64/32 routes at W=4 but stalled at W=8 (seed 1);
+    # with 256 exact entries or more the exact-match rows go to block RAM (36 blocks, beside
+    # the wildcard CAM's 33), and 512/4, 512/32 and 2,048/32 all stall at W=4 (README,
+    # "Boards"). 2,048/32 fits in its 208 block RAMs (142 of them); 4,096 exact entries would
+    # need some 210.
     geometry: tuple = (64, 4)
 
     @property
@@ -98,7 +99,7 @@ BOARDS = {board.name: board for board in [
           leds=tuple(("led", i) for i in range(8)), entropy=("uart", 0, "rx"), pll_pad=False,
           uart_via="on-board FTDI FT2232H, channel B", **_ICEPROG),
     Board("ulx3s", ULX3S_85F_Platform, description="Radiona ULX3S, ECP5-85F",
-          widths=(4, 8, 16), default_width=8, geometry=(64, 32), **_ULX3S),
+          widths=(4, 8, 16), default_width=8, geometry=(64, 4), **_ULX3S),
     Board("ulx3s-45f", ULX3S_45F_Platform, description="Radiona ULX3S, ECP5-45F",
           widths=(4, 8), default_width=8, geometry=(1024, 16), **_ULX3S),
     Board("ulx3s-25f", ULX3S_25F_Platform, description="Radiona ULX3S, ECP5-25F",
