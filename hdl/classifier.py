@@ -41,9 +41,6 @@ BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
-# Bits the register port moves between the staging buffer and a table per cycle: a block RAM's
-# widest port (every narrower width divides it, so no column straddles two lanes).
-LANE = BLOCK_RAM_WIDTHS[0]
 # Wildcard CAM chunk words ANDed per registered partial match: one LUT4 per position.
 WILD_GROUP = 4
 # Frames from their record's acceptance to their verdict taken, at most: the depth of the
@@ -51,73 +48,53 @@ WILD_GROUP = 4
 IN_FLIGHT = 8
 
 
-def _lanes(bits):
-    """Lanes of ``LANE`` bits that ``bits`` bits take."""
-    return -(-bits // LANE)
-
-
-def _lane(value, k):
-    """Lane ``k`` of ``value`` (``LANE`` bits, zero past its end)."""
-    return _fit(Value.cast(value)[k * LANE:(k + 1) * LANE], LANE)
-
-
 class _Columns:
-    """A ``depth`` x ``shape`` memory with one read port, stored as columns of as many bits as
-    one block RAM holds at that depth (36 up to 512 words, 9 at 2,048), each its own
-    :class:`Memory`: columns read each block RAM's output straight out (Yosys built a deep,
-    wide memory from 512 x 36 blocks and a mux over their outputs: 716 wires converging on
-    one spot for 2,048 actions of 179 bits), and each is written on its own.
+    """A ``depth`` x ``shape`` memory with one read and one write port; deeper than 512 words,
+    stored as columns of as many bits as one block RAM holds at that depth (9 at 2048 words),
+    each its own :class:`Memory`. Yosys builds a deep, wide memory from 512 x 36 blocks and a
+    mux over their outputs (4 ways for 2048 actions of 179 bits: 716 wires converging on one
+    spot); columns read each block RAM's output straight out. A depth just past a power of two
+    (2,080 rules: 2,048 exact and 32 wildcard) is not rounded up (to 4,096 words of 4-bit
+    columns, twice the blocks): the power of two is stored in columns, the rest in a memory
+    of its own, and a 2-way mux picks the read. The rest is asked to be block RAM
+    (``ram_style``; the memories get ``attrs``): Yosys would build its few words from LUT RAM,
+    every cell fed the write data. Ports: ``r_addr``, ``r_en``, ``r_data`` (a view of
+    ``shape``, the cycle after), ``w_addr``, ``w_data``, ``w_en``; ``columns`` are the
+    memories, ``rest`` the :class:`_Columns` past the power of two (or None)."""
 
-    The register port writes a word a lane (``LANE`` bits) at a time, ``l_data`` to lane
-    ``l_index`` of the word at ``w_addr`` when ``l_en``: only one lane's wires reach the
-    columns, not the whole staging buffer's. With ``whole``, whole words can be written too
-    (``w_data`` at ``w_addr`` when ``w_en``: the counters' updates). Reads: ``r_addr``, ``r_en``,
-    ``r_data`` (a view of ``shape``, the cycle after).
-
-    A depth just past a power of two (2,080 rules: 2,048 exact and 32 wildcard) is not rounded
-    up (to 4,096 words of 4-bit columns, twice the blocks): the power of two is stored in
-    columns, the rest in a :class:`_Columns` of its own (``rest``, asked to be block RAM with
-    ``ram_style``: Yosys would build its few words from LUT RAM), and a 2-way mux picks the
-    read. ``columns`` are the memories (with ``attrs``)."""
-
-    def __init__(self, m, name, shape, depth, *, whole=False, attrs=None):
+    def __init__(self, m, name, shape, depth, *, attrs=None):
         layout = data.Layout.cast(shape)
         self.r_addr = Signal(range(depth), name=f"{name}_r_addr")
         self.w_addr = Signal(range(depth), name=f"{name}_w_addr")
-        self.r_en = Signal(name=f"{name}_r_en")
-        self.l_data = Signal(LANE, name=f"{name}_l_data")
-        self.l_index = Signal(range(_lanes(layout.size)), name=f"{name}_l_index")
-        self.l_en = Signal(name=f"{name}_l_en")
-        self.whole = whole
-        if whole:
-            self.w_data = Signal(shape, name=f"{name}_w_data")
-            self.w_en = Signal(name=f"{name}_w_en")
+        self.r_en, self.w_en = Signal(name=f"{name}_r_en"), Signal(name=f"{name}_w_en")
+        self.w_data = Signal(shape, name=f"{name}_w_data")
         self.columns, self.rest = [], None
         main = 1 << (depth.bit_length() - 1)    # the largest power of two up to depth
         if depth == main or main * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
             self.r_data = data.View(layout, self._columns(m, name, layout.size, depth, attrs))
             return
         bits = main.bit_length() - 1
-        self.rest = rest = _Columns(m, f"{name}_rest", shape, depth - main, whole=whole,
+        self.rest = rest = _Columns(m, f"{name}_rest", shape, depth - main,
                                     attrs={"ram_style": "block"})
         in_rest = Signal(name=f"{name}_r_rest")   # the read's word is in ``rest``
-        high = self.w_addr >= main
-        below = self._columns(m, name, layout.size, main, attrs, addr_bits=bits, enable=~high)
+        below = self._columns(m, name, layout.size, main, attrs, addr_bits=bits,
+                              w_en=self.w_en & (self.w_addr < main))
         m.d.comb += [rest.r_addr.eq(self.r_addr - main), rest.r_en.eq(self.r_en),
-                     rest.w_addr.eq(self.w_addr - main), rest.l_data.eq(self.l_data),
-                     rest.l_index.eq(self.l_index), rest.l_en.eq(self.l_en & high)]
-        if whole:
-            m.d.comb += [rest.w_data.eq(self.w_data), rest.w_en.eq(self.w_en & high)]
+                     rest.w_addr.eq(self.w_addr - main), rest.w_data.eq(self.w_data),
+                     rest.w_en.eq(self.w_en & (self.w_addr >= main))]
         with m.If(self.r_en):
             m.d.sync += in_rest.eq(self.r_addr >= main)
         self.r_data = data.View(layout, Mux(in_rest, rest.r_data.as_value(), below))
 
-    def _columns(self, m, name, size, depth, attrs=None, *, addr_bits=None, enable=1):
+    def _columns(self, m, name, size, depth, attrs=None, *, addr_bits=None, w_en=None):
         """The read data of ``depth`` words stored in columns (memories with ``attrs``),
-        addressed by the ports' low ``addr_bits`` bits (all by default), written when
-        ``enable`` and the port's enables say so."""
+        addressed by the ports' low ``addr_bits`` bits (all by default), written when ``w_en``
+        (the port's by default)."""
         words = 1 << (depth - 1).bit_length()
-        column = next((w for w in BLOCK_RAM_WIDTHS if w * words <= BLOCK_RAM_BITS), 1)
+        if words * BLOCK_RAM_WIDTHS[0] <= BLOCK_RAM_BITS:
+            column = size      # 512 words or fewer: the widest blocks, no mux to avoid
+        else:
+            column = next((w for w in BLOCK_RAM_WIDTHS if w * words <= BLOCK_RAM_BITS), 1)
         r_addr, w_addr = self.r_addr, self.w_addr
         if addr_bits is not None:
             r_addr, w_addr = r_addr[:addr_bits], w_addr[:addr_bits]
@@ -126,22 +103,12 @@ class _Columns:
         for k, start in enumerate(starts):
             width = min(column, size - start)
             mem = Memory(shape=width, depth=depth, init=[], attrs=attrs)
-            m.submodules[name if len(starts) == 1 else f"{name}_{k}"] = mem
+            m.submodules[name if len(starts) == 1 else f"{name}{k}"] = mem
             self.columns.append(mem)
             rp, wp = mem.read_port(), mem.write_port()
-            # A column lies within one lane: the block RAM widths divide LANE.
-            lane, offset = divmod(start, LANE)
-            in_lane = self.l_data[offset:offset + width]
-            lane_en = self.l_en & (self.l_index == lane)
-            m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(self.r_en), wp.addr.eq(w_addr)]
-            if self.whole:
-                m.d.comb += [
-                    wp.data.eq(Mux(lane_en, in_lane,
-                                   Value.cast(self.w_data)[start:start + width])),
-                    wp.en.eq(enable & (self.w_en | lane_en)),
-                ]
-            else:
-                m.d.comb += [wp.data.eq(in_lane), wp.en.eq(enable & lane_en)]
+            m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(self.r_en),
+                         wp.addr.eq(w_addr), wp.en.eq(self.w_en if w_en is None else w_en),
+                         wp.data.eq(Value.cast(self.w_data)[start:start + width])]
             read.append(rp.data)
         return Cat(*read)
 
@@ -246,17 +213,14 @@ class Classifier(wiring.Component):
     Tables and counters are read and written through ``bus`` (:class:`openvtep.hdl.bus.Signature`)
     with the address map of :mod:`openvtep.regmap` (``CLASSIFIER`` range). Every request is
     answered the next cycle, except a ``COMMAND`` write: it holds new frames back, waits until
-    no lookup is in flight, runs, and is answered when done, so frames see each entry wholly
-    before or after a write. A command moves its entry between the staging buffer and the
-    table a lane (``LANE`` = 36 bits) per cycle, so that one lane's wires reach the tables
-    rather than the whole buffer's: 3 cycles and one per lane (18 for an exact-match row, 17
-    for a wildcard entry, 9 for a profile mask, 5 for an action, 4 for counters; a read one
-    more). A wildcard write keeps the entry as written in a memory of its own, for reading
-    back, then rewrites its position's bit at every address of every chunk memory,
-    read-modify-write (``2**chunk_bits + 1`` cycles more). Unknown addresses, and writes to
-    read-only words, answer ``r_err``; a command on an unknown table does nothing. After reset
-    every table is empty (the wildcard positions' valid bits are registers) and
-    ``profile_count`` is 0: every frame misses until tables are loaded.
+    no lookup is in flight, runs, and is answered when done (3 or more cycles), so frames see
+    each entry wholly before or after a write. A wildcard write stores the entry as written in
+    a memory of its own, for reading back, a staging word per cycle (19 cycles more; a read
+    loads it back as slowly), then rewrites its position's bit at every address of every chunk
+    memory, read-modify-write (``2**chunk_bits + 1`` cycles more). Unknown addresses, and
+    writes to read-only words, answer ``r_err``. After reset every table is empty (the
+    wildcard positions' valid bits are registers) and ``profile_count`` is 0: every frame
+    misses until tables are loaded.
 
     Parameters
     ----------
@@ -307,9 +271,13 @@ class Classifier(wiring.Component):
         staging = [Signal(32, name=f"staging{k}") for k in range(-(-entry_bits // 32))]
         assert len(staging) <= rm.STAGING_WORDS
 
-        banks = [_Columns(m, f"bank{bank}", row_layout, geo.buckets) for bank in range(BANKS)]
+        bank_ports = []
+        for bank in range(BANKS):
+            mem = Memory(shape=row_layout, depth=geo.buckets, init=[])
+            m.submodules[f"bank{bank}"] = mem
+            bank_ports.append((mem.read_port(), mem.write_port()))
         actions = _Columns(m, "actions", action_layout, geo.rules)
-        counters = _Columns(m, "counters", counter_layout, geo.rules, whole=True)
+        counters = _Columns(m, "counters", counter_layout, geo.rules)
 
         # The wildcard CAM: one memory per key chunk (see the class docstring), each position's
         # validity and rule index in registers (all are needed at once), and the entries as
@@ -322,13 +290,15 @@ class Classifier(wiring.Component):
             chunk_ports.append((mem.read_port(), mem.write_port()))
         wild_valid = Signal(n_wild)
         wild_index = [Signal(index_shape, name=f"wild_index{k}") for k in range(n_wild)]
-        # Read only by the register port, a lane at a time: position ``k``'s lane ``l`` at
-        # ``k << lane_bits | l``, in block RAM (two for 32 entries). As 601-bit words it took 17
-        # block RAMs, and its data pins were wired to every staging bit.
-        lane_bits = (_lanes(wild_layout.size) - 1).bit_length()
+        # Read only by the register port, one staging word at a time: position ``k``'s word
+        # ``w`` at ``k << lane_bits | w``, in block RAM (two for 32 entries). As 601-bit words it
+        # took 17 block RAMs, and its data pins were wired to every staging bit.
+        wild_words = -(-wild_layout.size // 32)
+        lane_bits = (wild_words - 1).bit_length()
         m.submodules.wild_entries = wild_entries = Memory(
-            shape=LANE, depth=n_wild << lane_bits, init=[], attrs={"ram_style": "block"})
+            shape=32, depth=n_wild << lane_bits, init=[], attrs={"ram_style": "block"})
         wild_rp, wild_wp = wild_entries.read_port(), wild_entries.write_port()
+        lane = Signal(range(wild_words + 1))   # the staging word the register port moves
         sweep = Signal(cbits + 1)   # a wildcard write's read address; it writes the one before
         sweeping = Signal()
 
@@ -390,15 +360,14 @@ class Classifier(wiring.Component):
             chunk = _fit(key_a[j * cbits:(j + 1) * cbits], cbits)
             m.d.comb += rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk))
         word = Cat(sa["key"], sa["p"])
-        for bank, storage in enumerate(banks):
+        for bank, (rp, _) in enumerate(bank_ports):
             hashes = []
             for s in range(geo.hash_seeds):
                 masks_h = hash_masks(s, bank)
                 hashes.append(Cat(*(_parity(word, masks_h[j]) for j in range(ibits)))
                               if ibits else Const(0, 1))
             address = Array(hashes)[seed] if len(hashes) > 1 else hashes[0]
-            m.d.comb += [storage.r_addr.eq(Mux(bus_exec, cmd_index, address)),
-                         storage.r_en.eq(1)]
+            m.d.comb += rp.addr.eq(Mux(bus_exec, cmd_index, address))
 
         sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
         m.d.sync += [sb[k].eq(sa[k]) for k in sb]   # all but the unmasked key
@@ -408,8 +377,8 @@ class Classifier(wiring.Component):
         # from the block RAMs; AND the wildcard CAM's words in groups. -------------------------
         expected = Cat(Const(1, 1), sb["p"], sb["key"])   # an entry's valid, profile, key
         slot_eqs, slot_indices = [], []
-        for bank, storage in enumerate(banks):
-            row = Value.cast(storage.r_data)
+        for bank, (rp, _) in enumerate(bank_ports):
+            row = Value.cast(rp.data)
             for slot in range(SLOTS):
                 start = slot * entry_layout.size
                 end = start + len(expected)
@@ -418,7 +387,7 @@ class Classifier(wiring.Component):
                 index = Signal(index_shape, name=f"sm_index{bank}_{slot}")
                 m.d.sync += [eqs.eq(Cat(row[a:b] == expected[a - start:b - start]
                                         for a, b in zip(cuts, cuts[1:]))),
-                             index.eq(storage.r_data[slot].index)]
+                             index.eq(rp.data[slot].index)]
                 slot_eqs.append(eqs)
                 slot_indices.append(index)
         # The CAM's words are ANDed in groups of WILD_GROUP chunks, registered: one LUT per
@@ -529,46 +498,20 @@ class Classifier(wiring.Component):
         staged = Cat(*staging)
 
         is_write = op == rm.OP_WRITE
-        # Tables move between the staging buffer and their storage a lane (LANE bits) a cycle:
-        # lane ``lane`` is written, or read (the cycle after, as ``lane_out``, from lane
-        # ``lane_q``), while ``writing`` or ``reading``. One lane's wires reach the tables, and
-        # each table's lanes are muxed beside its block RAMs, instead of the whole buffer.
-        table_bits = {rm.TABLE_EXACT: row_layout.size, rm.TABLE_PROFILE: KEY_BITS,
-                      rm.TABLE_WILDCARD: wild_layout.size, rm.TABLE_ACTION: action_layout.size,
-                      rm.TABLE_COUNTER: counter_layout.size}
-        n_staged = _lanes(len(staged))
-        lane = Signal(range(n_staged + 1))
-        lane_q = Signal(range(n_staged + 1))
-        last_lane = Signal(range(n_staged))   # the table's last lane
-        known = Signal()                      # ``table`` names one
-        with m.Switch(table):
-            for t, bits in table_bits.items():
-                with m.Case(t):
-                    m.d.comb += [last_lane.eq(_lanes(bits) - 1), known.eq(1)]
-        writing, reading = Signal(), Signal()
-        l_data = Array(_lane(staged, k) for k in range(n_staged))[lane]
-
-        def write_lanes(storage, t, when=1):
-            m.d.comb += [storage.l_data.eq(l_data), storage.l_index.eq(lane),
-                         storage.l_en.eq(writing & (table == t) & when)]
-
         m.d.comb += [
             counters.w_addr.eq(Mux(bus_exec, cmd_index, sd_index)),
-            counters.w_data.eq(updated),
-            counters.w_en.eq(count),
+            counters.w_data.eq(Mux(bus_exec, staged[:counter_layout.size], updated)),
+            counters.w_en.eq(Mux(bus_exec, is_write & (table == rm.TABLE_COUNTER), count)),
             actions.w_addr.eq(cmd_index),
+            actions.w_data.eq(staged[:action_layout.size]),
+            actions.w_en.eq(bus_exec & is_write & (table == rm.TABLE_ACTION)),
         ]
-        write_lanes(counters, rm.TABLE_COUNTER)
-        write_lanes(actions, rm.TABLE_ACTION)
-        for bank, storage in enumerate(banks):
-            m.d.comb += storage.w_addr.eq(cmd_index[:rm.BANK_SHIFT])
-            write_lanes(storage, rm.TABLE_EXACT, bus_bank == bank)
-        profile = cmd_index[:max(1, (n_profiles - 1).bit_length())]
-        for p_, mask in enumerate(masks):
-            for k in range(_lanes(KEY_BITS)):
-                with m.If(writing & (table == rm.TABLE_PROFILE) & (cmd_index == p_)
-                          & (lane == k)):
-                    m.d.sync += mask[k * LANE:(k + 1) * LANE].eq(l_data)
+        for bank, (_, wp) in enumerate(bank_ports):
+            m.d.comb += [
+                wp.addr.eq(cmd_index[:rm.BANK_SHIFT]),
+                wp.data.eq(staged[:row_layout.size]),
+                wp.en.eq(bus_exec & is_write & (table == rm.TABLE_EXACT) & (bus_bank == bank)),
+            ]
 
         # A wildcard write: the entry as written, its validity and index; then the sweep sets
         # the position's bit of every chunk memory word to whether the word's address matches
@@ -576,13 +519,14 @@ class Classifier(wiring.Component):
         new = data.View(wild_layout, staged[:wild_layout.size])
         position = cmd_index[:max(1, (n_wild - 1).bit_length())]
         wild_write = Signal()
+        storing, loading = Signal(), Signal()
         m.d.comb += [
             wild_write.eq(is_write & (table == rm.TABLE_WILDCARD) & (cmd_index < n_wild)),
             wild_rp.addr.eq(Cat(lane[:lane_bits], position)),
-            wild_rp.en.eq(reading),
+            wild_rp.en.eq(loading),
             wild_wp.addr.eq(Cat(lane[:lane_bits], position)),
-            wild_wp.data.eq(l_data),
-            wild_wp.en.eq(writing & wild_write),
+            wild_wp.data.eq(Array(staging[:wild_words])[lane]),
+            wild_wp.en.eq(storing),
         ]
         # The word written is the one read the cycle before (``sweep - 1``); its address, its
         # match over each chunk and the write enable come from registers, loaded as it is read:
@@ -603,29 +547,18 @@ class Classifier(wiring.Component):
                 wp.en.eq(sweep_write),
             ]
 
-        # Read back: lane ``lane`` of the table, registered (the wildcard entries' memory reads
-        # it in the same cycle); the valid bit of a wildcard entry is the register's (reset
-        # clears it).
-        def lanes_of(value):
-            return Array(_lane(value, k) for k in range(_lanes(len(Value.cast(value)))))[lane]
-
-        lane_out = Signal(LANE)
-        with m.Switch(table):
-            with m.Case(rm.TABLE_EXACT):
-                m.d.sync += lane_out.eq(Array(lanes_of(t.r_data) for t in banks)[bus_bank])
-            with m.Case(rm.TABLE_PROFILE):
-                m.d.sync += lane_out.eq(lanes_of(Array(masks)[profile]))
-            with m.Case(rm.TABLE_ACTION):
-                m.d.sync += lane_out.eq(lanes_of(actions.r_data))
-            with m.Case(rm.TABLE_COUNTER):
-                m.d.sync += lane_out.eq(lanes_of(counters.r_data))
-        read_lane = Signal(LANE)
-        m.d.comb += read_lane.eq(lane_out)
-        with m.If(table == rm.TABLE_WILDCARD):
-            m.d.comb += read_lane.eq(Mux(lane_q == 0, Cat(wild_valid.bit_select(position, 1),
-                                                          wild_rp.data[1:]), wild_rp.data))
+        # Read back, word ``lane - 1`` (read the cycle before) to its staging word; valid (bit
+        # 0) is the register's: reset clears it.
+        loaded = Signal(32)
+        m.d.comb += loaded.eq(Mux(lane == 1, Cat(wild_valid.bit_select(position, 1),
+                                                 wild_rp.data[1:]), wild_rp.data))
 
         m.d.sync += [bus.r_valid.eq(0), bus.r_err.eq(0)]
+
+        def capture(value):
+            value = Value.cast(value)
+            m.d.sync += [reg.eq(value[32 * k:32 * (k + 1)]) if 32 * k < len(value)
+                         else reg.eq(0) for k, reg in enumerate(staging)]
 
         read_only = {rm.ID: Const(rm.ID_VALUE, 32), rm.GEOMETRY: Const(rm.geometry_word(geo), 32)}
         # FSM outputs as plain expressions: Icarus leaves an always @* block's outputs X until
@@ -659,51 +592,67 @@ class Classifier(wiring.Component):
                         m.d.sync += bus.r_err.eq(1)
             with m.State("Drain"), m.If(idle):
                 m.next = "Execute"
-            with m.State("Execute"):   # the tables' read ports are addressed from here on
-                m.d.sync += lane.eq(0)
-                with m.If(~known):
-                    m.d.sync += bus.r_valid.eq(1)
-                    m.next = "Idle"
-                with m.Elif(is_write):
-                    m.next = "Write"
-                with m.Else():
-                    m.d.sync += [reg.eq(0) for reg in staging]   # "Read" fills the entry's lanes
-                    m.next = "Read"
-            with m.State("Write"):
-                m.d.sync += lane.eq(lane + 1)
-                with m.If(lane == last_lane):
+            with m.State("Execute"):
+                with m.If(is_write):
                     with m.If(table == rm.TABLE_COUNTER):
                         m.d.sync += fwd_valid.eq(0)
+                    with m.If(table == rm.TABLE_PROFILE):
+                        for k, mask in enumerate(masks):
+                            with m.If(cmd_index == k):
+                                m.d.sync += mask.eq(staged[:KEY_BITS])
                     with m.If(wild_write):
                         for k, index in enumerate(wild_index):
                             with m.If(position == k):
                                 m.d.sync += [wild_valid[k].eq(new.valid), index.eq(new.index)]
-                        m.d.sync += sweep.eq(0)
-                        m.next = "Sweep"
+                        m.d.sync += [lane.eq(0), sweep.eq(0)]
+                        m.next = "Store"
                     with m.Else():
                         m.d.sync += bus.r_valid.eq(1)
                         m.next = "Idle"
+                with m.Else():
+                    m.next = "Capture"
+            with m.State("Store"):   # the entry as written, a staging word per cycle
+                m.d.sync += lane.eq(lane + 1)
+                with m.If(lane == wild_words - 1):
+                    m.next = "Sweep"
             with m.State("Sweep"):
                 m.d.sync += sweep.eq(sweep + 1)
                 with m.If(sweep == 1 << cbits):
                     m.d.sync += bus.r_valid.eq(1)
                     m.next = "Idle"
-            with m.State("Read"):
-                m.d.sync += [lane.eq(lane + 1), lane_q.eq(lane)]
-                with m.If(lane != 0):
-                    for k in range(n_staged):
-                        with m.If(lane_q == k):
-                            m.d.sync += staged[k * LANE:(k + 1) * LANE].eq(read_lane)
-                with m.If(lane == last_lane + 1):
+            with m.State("Capture"):
+                with m.Switch(table):
+                    with m.Case(rm.TABLE_EXACT):
+                        capture(Array(rp.data for rp, _ in bank_ports)[bus_bank])
+                    with m.Case(rm.TABLE_PROFILE):
+                        capture(Array(masks)[cmd_index[:max(1, (n_profiles - 1).bit_length())]])
+                    with m.Case(rm.TABLE_WILDCARD):
+                        capture(0)   # zeros; "Load" fills the entry's words
+                        m.d.sync += lane.eq(0)
+                    with m.Case(rm.TABLE_ACTION):
+                        capture(actions.r_data)
+                    with m.Case(rm.TABLE_COUNTER):
+                        capture(counters.r_data)
+                with m.If(table == rm.TABLE_WILDCARD):
+                    m.next = "Load"
+                with m.Else():
+                    m.d.sync += bus.r_valid.eq(1)
+                    m.next = "Idle"
+            with m.State("Load"):    # the entry as written, a staging word per cycle
+                m.d.sync += lane.eq(lane + 1)
+                for k, word_k in enumerate(staging[:wild_words]):
+                    with m.If(lane == k + 1):
+                        m.d.sync += word_k.eq(loaded)
+                with m.If(lane == wild_words):
                     m.d.sync += bus.r_valid.eq(1)
                     m.next = "Idle"
         m.d.comb += [
             bus.ready.eq(fsm.ongoing("Idle")),
             pause.eq(~fsm.ongoing("Idle")),
-            bus_exec.eq(fsm.ongoing("Execute") | fsm.ongoing("Write") | fsm.ongoing("Read")),
+            bus_exec.eq(fsm.ongoing("Execute")),
             sweeping.eq(fsm.ongoing("Sweep")),
-            writing.eq(fsm.ongoing("Write")),
-            reading.eq(fsm.ongoing("Read")),
+            storing.eq(fsm.ongoing("Store")),
+            loading.eq(fsm.ongoing("Load")),
         ]
 
         return m

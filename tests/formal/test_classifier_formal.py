@@ -44,12 +44,12 @@ from unittest import mock
 
 import pytest
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assert, Assume, Cat, Cover, Elaboratable, Mux, Shape, Signal
+from amaranth.hdl import Assert, Assume, Cat, Cover, Elaboratable, Mux, Signal
 from amaranth.lib import data
 
 from openvtep import regmap as rm
 from openvtep.hdl import classifier as classifier_module
-from openvtep.hdl.classifier import IN_FLIGHT, LANE, Classifier, flow_key
+from openvtep.hdl.classifier import IN_FLIGHT, Classifier, flow_key
 from openvtep.hdl.headers import ParsedHeaders
 from openvtep.headers import DropReason
 from openvtep.sim import formal
@@ -129,15 +129,8 @@ class ClassifierContract(Elaboratable):
         exact = []
         for bank in range(BANKS):
             row = data.View(row_layout, AnyConst(row_layout.size))
-            start = 0
-            for k in range(-(-row_layout.size // LANE)):   # the bank's columns, LANE bits wide
-                memory = module.submodules[f"bank{bank}_{k}"]
-                width = Shape.cast(memory.shape).width
-                port = memory.write_port()
-                m.d.comb += [port.addr.eq(0), port.en.eq(Initial()),
-                             port.data.eq(row.as_value()[start:start + width])]
-                start += width
-            assert start == row_layout.size
+            port = module.submodules[f"bank{bank}"].write_port()
+            m.d.comb += [port.addr.eq(0), port.data.eq(row), port.en.eq(Initial())]
             exact.extend(row[slot] for slot in range(SLOTS))
         wildcard = [data.View(wild_layout, Cat(regs["wild_valid"][k], regs[f"wild_index{k}"],
                                                AnyConst(2 * KEY_BITS)))

@@ -15,7 +15,7 @@ from amaranth.lib import data
 from amaranth.sim import Simulator
 
 from openvtep import regmap as rm
-from openvtep.hdl.classifier import LANE, Classifier, _Columns
+from openvtep.hdl.classifier import Classifier, _Columns
 from openvtep.rules import parse_rules
 from openvtep.sim.cocotb_runner import run_cocotb
 from openvtep.tables import Geometry, compile_tables
@@ -42,25 +42,22 @@ def test_lookups_other_chunking():
          rules=40, idle=0.2, backpressure=0.3, reload=True)
 
 
-@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("depth,columns", [(2080, (2048, 9)), (1029, (1024, 18)),
-                                           (4096, (4096, 4)), (300, (300, 36))])
-def test_columns_keep_every_word(depth, columns, whole):
-    """The table storage (``_Columns``): block-RAM-wide columns (36 bits up to 512 words); a
-    depth past a power of two is that power of two in columns and the rest in a memory of its
-    own (2,080 rules: 9-bit columns of 2,048 words, not 4-bit ones of 4,096). Random words
-    written all over the depth, the rest's included, a lane (LANE bits) at a time as the
-    register port does, or (``whole``) some as whole words as the counter updates do, read
-    back as written; a read with ``r_en`` low holds."""
+                                           (4096, (4096, 4)), (300, (300, 179))])
+def test_columns_keep_every_word(depth, columns):
+    """The action/counter table storage (``_Columns``): a depth past a power of two is that
+    power of two in block-RAM-wide columns and the rest in a memory of its own (2,080 rules:
+    9-bit columns of 2,048 words, not 4-bit ones of 4,096). Random words written all over the
+    depth, the rest's included, read back as written, and a read with ``r_en`` low holds."""
     layout = data.StructLayout({"a": 100, "b": 79})   # an action row's 179 bits
     m = Module()
-    table = _Columns(m, "t", layout, depth, whole=whole)
+    table = _Columns(m, "t", layout, depth)
     words, width = columns
     assert {mem.depth for mem in table.columns} == {words}
     assert max(Shape.cast(mem.shape).width for mem in table.columns) == width
     assert sum(Shape.cast(mem.shape).width for mem in table.columns) == layout.size
     if depth > words:
-        assert {mem.depth for mem in table.rest.columns} == {depth - words}
+        assert [mem.depth for mem in table.rest.columns] == [depth - words]
     else:
         assert table.rest is None
 
@@ -72,20 +69,12 @@ def test_columns_keep_every_word(depth, columns, whole):
     read = []
 
     async def bench(ctx):
+        ctx.set(table.w_en, 1)
         for a in order:
             ctx.set(table.w_addr, a)
-            if whole and rng.getrandbits(1):
-                ctx.set(table.w_en, 1)
-                ctx.set(table.w_data.as_value(), model[a])
-                await ctx.tick()
-                ctx.set(table.w_en, 0)
-                continue
-            ctx.set(table.l_en, 1)
-            for k in rng.sample(range(-(-layout.size // LANE)), -(-layout.size // LANE)):
-                ctx.set(table.l_index, k)
-                ctx.set(table.l_data, model[a] >> (k * LANE) & ((1 << LANE) - 1))
-                await ctx.tick()
-            ctx.set(table.l_en, 0)
+            ctx.set(table.w_data.as_value(), model[a])
+            await ctx.tick()
+        ctx.set(table.w_en, 0)
         ctx.set(table.r_en, 1)
         for a in reversed(addrs):
             ctx.set(table.r_addr, a)
