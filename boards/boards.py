@@ -64,11 +64,11 @@ class Board:
     uart_via: str = "on-board FTDI USB-UART"
     uart_pins: tuple = ()
     # Default table geometry of the pipeline design: (exact_entries, wildcard_entries). On the
-    # ULX3S-85F at W=8, 64/4 is what routes: 64/32 routes at W=4 but stalled at W=8 (seed 1);
-    # with 256 exact entries or more the exact-match rows go to block RAM (36 blocks, beside
-    # the wildcard CAM's 33), and 512/4, 512/32 and 2,048/32 all stall at W=4 (README,
-    # "Boards"). 2,048/32 fits in its 208 block RAMs (142 of them); 4,096 exact entries would
-    # need some 210.
+    # ULX3S-85F at W=8, 64/4 is what routed; 64/32 routed at W=4 but stalled at W=8 (seed 1,
+    # a netlist with a since-reverted table access). With 256 exact entries or more the
+    # exact-match rows go to block RAM (36 blocks, beside the wildcard CAM's 33): 512/4, 512/32
+    # and 2,048/32 all stall at W=4 (README, "Boards"), though 2,048/32 fits in the 208 block
+    # RAMs; 4,096 exact entries would need some 210.
     geometry: tuple = (64, 4)
 
     @property
