@@ -18,8 +18,8 @@
 whether a board was built for the configuration it compares with.
 
 Backpressure: the pipeline's output stalls while the capture FIFO has room for fewer than
-two beats (a register says so, the cycle after); the FIFO drains
-as the host captures. Inject stalls while the pipeline's input buffer is full.
+two beats (a register says so, the cycle after); the FIFO drains as the host captures.
+Inject stalls while the pipeline's input buffer is full.
 """
 
 from amaranth.hdl import Module, Mux, Shape, Signal
