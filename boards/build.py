@@ -224,6 +224,7 @@ def route_progress(line):
 class RouteStalled(Exception):
     """router2 stopped converging (see :data:`ROUTE_STALL_ITERATIONS`); the message says how
     far it got."""
+    status = "does-not-route"
 
 
 class _RouteWatch:
@@ -251,14 +252,21 @@ class _RouteWatch:
 class DoesNotFit(Exception):
     """nextpnr's utilisation after packing shows more cells of a kind than the device has: its
     static placer would spread them for as long as it is let (the message says which kind)."""
+    status = "does-not-fit"
+
+
+def _utilization_line(line):
+    """``(kind, used, available)`` of a utilisation line of nextpnr's log, or None."""
+    m = _UTIL_LINE.match(line)
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
 
 
 def _check_fits(line):
     """Raise :class:`DoesNotFit` if ``line`` is a utilisation line of nextpnr's log with more
     used than available."""
-    m = _UTIL_LINE.match(line)
-    if m and int(m.group(2)) > int(m.group(3)):
-        kind, used, total = m.group(1), int(m.group(2)), int(m.group(3))
+    entry = _utilization_line(line)
+    if entry and entry[1] > entry[2]:
+        kind, used, total = entry
         raise DoesNotFit(f"the design does not fit: {kind} {used:,} of {total:,}; stopped "
                          f"before placing (try smaller tables with --exact/--wildcard, a "
                          f"narrower --width, or a larger device)")
@@ -314,9 +322,8 @@ def _parse_nextpnr(report_path, lines):
     # analysis; the last one wins.
     last = {}
     for line in lines:
-        m = _UTIL_LINE.match(line)
-        if m:
-            utilization[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+        if entry := _utilization_line(line):
+            utilization[entry[0]] = entry[1:]
         m = _FMAX_LINE.search(line)
         if m:
             last[m.group(1)] = (m.group(1), float(m.group(2)), float(m.group(4)))
@@ -529,8 +536,7 @@ def _run_plan(plan, tools, out_dir, log_path, label, echo):
             code, lines, stopped = _run([tools[name], *argv[1:]], out_dir, log, progress,
                                         phase)
             if stopped:
-                status = "does-not-fit" if isinstance(stopped, DoesNotFit) else "does-not-route"
-                error = f"{name}: {stopped}"
+                status, error = stopped.status, f"{name}: {stopped}"
                 break
             if code != 0:
                 status, error = _classify_failure(name, lines)

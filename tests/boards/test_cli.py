@@ -266,6 +266,7 @@ def test_placement_of_more_cells_than_the_device_has_is_stopped(tmp_path):
     code, lines, stopped, log = _run_router_log(tmp_path, over, _Progress("test", print),
                                                 then="time.sleep(600)")
     assert code == -signal.SIGKILL and isinstance(stopped, DoesNotFit)
+    assert stopped.status == "does-not-fit"   # the build's status (_run_plan)
     assert str(stopped).startswith("the design does not fit: DP16KD 100 of 56; stopped "
                                    "before placing")
     assert str(stopped) in log
