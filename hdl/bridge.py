@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 from .. import protocol as p
 from ..headers import Port
 from . import bus
-from .stream import packet_layout
+from .stream import RegisterSlice, packet_layout
 
 __all__ = ["CobsDecoder", "CobsEncoder", "ControlBridge", "frame_layout"]
 
@@ -396,10 +396,9 @@ class ControlBridge(wiring.Component):
         # Reply bytes reach the encoder through a register stage: the capture buffer's block
         # RAM output had fed the encoder's next-state logic (the ULX3S 64/32 build's critical
         # path, 11 logic levels, 19.2 ns).
-        tx = stream.Signature(BYTE_LAST).create(path=("tx",))
-        with m.If(~enc.i.valid | enc.i.ready):
-            m.d.sync += [enc.i.valid.eq(tx.valid), enc.i.payload.eq(tx.payload)]
-        m.d.comb += tx.ready.eq(~enc.i.valid | enc.i.ready)
+        m.submodules.tx_slice = tx_slice = RegisterSlice(payload=BYTE_LAST)
+        wiring.connect(m, tx_slice.o, enc.i)
+        tx = tx_slice.i
         tx_crc_phase = Signal()
         m.d.comb += [
             crc.data.eq(tx.payload.data),

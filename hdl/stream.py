@@ -13,7 +13,8 @@ Stream rules (see ``docs/stdlib/stream.rst`` of Amaranth, and DESIGN.md):
   one, which holds 1 to ``width`` bytes (never zero: there are no empty beats or frames).
 
 The blocks here move beats without looking at them, so they work for any payload; they are typed
-with :func:`packet_signature` because that is what the pipeline connects.
+with :func:`packet_signature` because that is what the pipeline connects (:class:`RegisterSlice`
+also takes any other payload layout).
 """
 
 from amaranth.hdl import Module, Shape
@@ -53,7 +54,7 @@ def packet_signature(width):
 
 
 class RegisterSlice(wiring.Component):
-    """Register slice: one pipeline register on a packet stream.
+    """Register slice: one pipeline register on a packet stream (or a stream of any payload).
 
     Takes a beat whenever its register is empty or is being emptied in the same cycle
     (``i.ready = ~o.valid | o.ready``), so it runs at full throughput, one beat per cycle.
@@ -68,15 +69,23 @@ class RegisterSlice(wiring.Component):
     Parameters
     ----------
     width : int
-        Bytes per beat (>= 1).
+        Bytes per beat (>= 1) of a packet stream; ``None`` with ``payload``.
+    payload : shape-castable
+        The payload of a stream that is not a packet stream (instead of ``width``), e.g. the
+        control bridge's reply bytes.
     """
 
-    def __init__(self, width):
-        _check_width(width)
+    def __init__(self, width=None, *, payload=None):
+        if (width is None) == (payload is None):
+            raise ValueError("RegisterSlice takes a packet stream's width or a payload, "
+                             "one of them")
+        if payload is None:
+            _check_width(width)
+            payload = packet_layout(width)
         self.width = width
         super().__init__({
-            "i": In(packet_signature(width)),
-            "o": Out(packet_signature(width)),
+            "i": In(stream.Signature(payload)),
+            "o": Out(stream.Signature(payload)),
         })
 
     def elaborate(self, platform):

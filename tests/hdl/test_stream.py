@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from amaranth.hdl import Shape
+from amaranth.lib import data
 
 from openvtep.hdl.stream import PacketFifo, RegisterSlice, packet_layout, packet_signature
 from openvtep.sim.cocotb_runner import run_cocotb
@@ -37,6 +38,16 @@ def test_bad_width(bad):
         RegisterSlice(bad)
     with pytest.raises(ValueError):
         PacketFifo(bad, 16)
+
+
+def test_slice_of_another_payload():
+    byte_last = data.StructLayout({"data": 8, "last": 1})
+    piece = RegisterSlice(payload=byte_last)
+    assert piece.i.payload.shape() == byte_last == piece.o.payload.shape()
+    assert RegisterSlice(8).o.payload.shape() == packet_layout(8)
+    for args, kwargs in [((), {}), ((8,), {"payload": byte_last})]:
+        with pytest.raises(ValueError, match="width or a payload, one of them"):
+            RegisterSlice(*args, **kwargs)
 
 
 @pytest.mark.parametrize("depth", [0, 2, 4.0])
