@@ -404,14 +404,13 @@ def check_args(board_name, width, toolchain, exact, wildcard):
                          f"{', '.join(TOOLCHAINS)}")
     geometry = None
     if exact is not None or wildcard is not None:
+        # The one not given is the board's default (not Geometry's 4,096 exact entries).
         from openvtep.tables import Geometry
-        kwargs = {}
-        if exact is not None:
-            kwargs["exact_entries"] = exact
-        if wildcard is not None:
-            kwargs["wildcard_entries"] = wildcard
+        default_exact, default_wildcard = board.geometry
         try:
-            geometry = Geometry(**kwargs)
+            geometry = Geometry(
+                exact_entries=default_exact if exact is None else exact,
+                wildcard_entries=default_wildcard if wildcard is None else wildcard)
         except ValueError as exc:
             raise BuildError(f"bad table geometry: {exc}") from None
     return board, width, geometry

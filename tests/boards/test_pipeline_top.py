@@ -61,6 +61,16 @@ def test_geometry_from_options():
     assert top.design.component.geometry == geometry
 
 
+def test_one_table_option_keeps_the_board_default_of_the_other():
+    board = BOARDS["ulx3s"]
+    exact, wildcard = board.geometry
+    assert (exact, wildcard) != (4096, 32)   # Geometry()'s, which these once fell back to
+    _, _, geometry = check_args("ulx3s", None, "yowasp", None, 32)
+    assert (geometry.exact_entries, geometry.wildcard_entries) == (exact, 32)
+    _, _, geometry = check_args("ulx3s", None, "yowasp", 512, None)
+    assert (geometry.exact_entries, geometry.wildcard_entries) == (512, wildcard)
+
+
 def _config():
     from openvtep.config import VtepConfig
     return VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)
