@@ -8,7 +8,8 @@ The board top builds one *design*, chosen here in one place:
   streams (rx -> a 64-byte FIFO -> ``VtepTop.i``; ``VtepTop.o`` -> tx). 3 Mbaud on the FTDI
   boards (or the next FTDI rate the sync clock divides to within 2%: 2 Mbaud at the iCE40s'
   31.5 MHz), 115200 baud through an external adapter elsewhere (``Board.uart_baud``). Table
-  geometry from --exact/--wildcard, else the board's default (``Board.geometry``);
+  geometry from --exact/--wildcard, else the board's default (``Board.geometry``); the
+  wildcard CAM's chunk memories in LUT RAM or block RAM (:func:`cam_chunk_bits`);
 - ``datapath``: ``hdl.datapath.Datapath`` (parser -> editor, the edit command riding along each
   frame), fed by an LFSR packet generator, its output folded into LEDs (and a UART status echo);
 - ``fifo``: ``hdl.stream.PacketFifo`` in the same harness: the floor, for smoke tests.
@@ -19,7 +20,8 @@ The board top builds one *design*, chosen here in one place:
 import dataclasses
 import importlib.util
 
-__all__ = ["DESIGNS", "Design", "DesignUnavailable", "available_designs", "resolve_design"]
+__all__ = ["DESIGNS", "Design", "DesignUnavailable", "available_designs", "cam_chunk_bits",
+           "resolve_design"]
 
 
 class DesignUnavailable(Exception):
@@ -83,6 +85,30 @@ def board_geometry(board, geometry):
     return Geometry(exact_entries=exact, wildcard_entries=wildcard)
 
 
+# Wildcard positions up to which an ECP5 build keeps the wildcard CAM in LUT RAM.
+LUT_CAM_POSITIONS = 32
+# Key bits per CAM chunk memory: 16 words of LUT RAM (73 chunks, a TRELLIS_DPR16X4 per 4
+# positions each), or 512 words of block RAM (33 chunks, a DP16KD each up to 36 positions).
+LUT_CAM_CHUNK_BITS, BLOCK_CAM_CHUNK_BITS = 4, 9
+
+
+def cam_chunk_bits(board, geometry):
+    """Key bits per wildcard CAM chunk memory (``Classifier(chunk_bits=)``) of the pipeline on
+    ``board`` with ``geometry``.
+
+    On ECP5 up to :data:`LUT_CAM_POSITIONS` positions, LUT RAM: a block RAM chunk holds 512
+    words of which few positions use 4 bits each, yet it takes a block on a block RAM row,
+    and 33 of them there crowd its wires. The ULX3S's W=8 64/4 build with block RAM chunks
+    (55 blocks) did not route with seeds 1 to 4 (best 249 overused wires); with LUT RAM chunks
+    (22 blocks) it routed at iteration 48, and 64/32 (23 blocks, some 5,000 LUTs more) at 191.
+    Past 32 positions is untried: block RAM there. iCE40s have no LUT RAM (Yosys would build
+    each chunk from flip-flops): block RAM."""
+    if (board is not None and board.family == "ecp5"
+            and geometry.wildcard_entries <= LUT_CAM_POSITIONS):
+        return LUT_CAM_CHUNK_BITS
+    return BLOCK_CAM_CHUNK_BITS
+
+
 def _pipeline(width, geometry, config, board=None, clk_freq=None):
     if not (_has_module("top") and _has_module("uart")):
         raise DesignUnavailable("hdl/top.py (VtepTop) and hdl/uart.py do not exist")
@@ -94,12 +120,15 @@ def _pipeline(width, geometry, config, board=None, clk_freq=None):
     else:
         baud, div, via = None, None, "a UART"
     rate = f"{baud / 1e6:g} Mbaud (divisor {div})" if baud else "the board's rate"
-    vtep = VtepTop(width, config, geometry)
+    chunk_bits = cam_chunk_bits(board, geometry)
+    vtep = VtepTop(width, config, geometry, chunk_bits=chunk_bits)
+    cam = "LUT" if chunk_bits == LUT_CAM_CHUNK_BITS else "block"
     return Design("pipeline",
                   f"hdl.top.VtepTop (ControlBridge + Pipeline: parser -> classifier -> editor, "
                   f"capture FIFO of {vtep.capture_depth} beats), W={width}, tables "
                   f"exact={geometry.exact_entries} (profiles={geometry.exact_profiles}) "
-                  f"wildcard={geometry.wildcard_entries}; control protocol on hdl.uart at "
+                  f"wildcard={geometry.wildcard_entries} (CAM in {cam} RAM, "
+                  f"{chunk_bits}-bit chunks); control protocol on hdl.uart at "
                   f"{rate} via {via}, rx through a {RX_FIFO_DEPTH}-byte FIFO",
                   vtep, exact_entries=geometry.exact_entries,
                   wildcard_entries=geometry.wildcard_entries, uses_uart=True,

@@ -228,7 +228,10 @@ class Classifier(wiring.Component):
         Table sizes (the same the host compiler places rules for); default ``Geometry()``.
     chunk_bits : int
         Key bits per wildcard CAM memory (1 to 10): its depth is ``2**chunk_bits``. The default
-        9 fills an ECP5 block RAM (512 x 36) or an iCE40's (512 x 8).
+        9 fills an ECP5 block RAM (512 x 36) or an iCE40's (512 x 8). At 4 each chunk is a
+        16-word LUT RAM on ECP5 (73 memories of one ``TRELLIS_DPR16X4``, 16 x 4, per 4
+        positions) and a wildcard write sweeps 17 addresses, not 513: the better fit for few
+        positions (the boards choose, ``openvtep.boards.designs.cam_chunk_bits``).
     """
 
     def __init__(self, geometry=None, *, chunk_bits=9):

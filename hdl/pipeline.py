@@ -69,15 +69,17 @@ class Pipeline(wiring.Component):
         Classifier table sizes (default ``Geometry()``).
     frames : int
         Frames the editor's buffer may hold.
+    chunk_bits : int
+        Key bits per wildcard CAM memory of the classifier (:class:`Classifier`).
     """
 
-    def __init__(self, width, config, geometry=None, *, frames=16):
+    def __init__(self, width, config, geometry=None, *, frames=16, chunk_bits=9):
         geometry = Geometry() if geometry is None else geometry
         self.width = width
         self.config = config
         self.geometry = geometry
         self.parser = Parser(width, config)
-        self.classifier = Classifier(geometry)
+        self.classifier = Classifier(geometry, chunk_bits=chunk_bits)
         self.editor = Editor(width, config, frames=frames)
         super().__init__({
             "i": In(stream.Signature(port_packet_layout(width))),

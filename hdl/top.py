@@ -72,6 +72,8 @@ class VtepTop(wiring.Component):
         Largest frames the capture FIFO holds.
     frames : int
         Frames the pipeline's editor buffer holds.
+    chunk_bits : int
+        Key bits per wildcard CAM memory of the classifier (``hdl.classifier.Classifier``).
     """
 
     i: In(stream.Signature(8))
@@ -79,7 +81,7 @@ class VtepTop(wiring.Component):
     idle: Out(1)
 
     def __init__(self, width, config, geometry=None, *, capture_frames=4, frames=16,
-                 bus_timeout=4096):
+                 bus_timeout=4096, chunk_bits=9):
         geometry = Geometry() if geometry is None else geometry
         if not isinstance(capture_frames, int) or capture_frames < 1:
             raise ValueError(f"capture_frames must be a positive integer, not "
@@ -90,7 +92,7 @@ class VtepTop(wiring.Component):
         self.build_id = build_id(width, config, geometry)
         # Captured frames may be longer than injected ones (encap, VLAN push).
         max_frame = config.max_frame + ENCAP_GROWTH
-        self.pipeline = Pipeline(width, config, geometry, frames=frames)
+        self.pipeline = Pipeline(width, config, geometry, frames=frames, chunk_bits=chunk_bits)
         self.bridge = ControlBridge(
             width, max_frame=max_frame, max_request=max(2048, max_frame + 64),
             bus_timeout=bus_timeout, exact_entries=geometry.exact_entries,

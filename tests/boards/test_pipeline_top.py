@@ -71,6 +71,18 @@ def test_one_table_option_keeps_the_board_default_of_the_other():
     assert (geometry.exact_entries, geometry.wildcard_entries) == (512, wildcard)
 
 
+@pytest.mark.parametrize("board_name,wildcard,chunk_bits", [
+    ("ulx3s", None, 4), ("ulx3s", 32, 4), ("ulx3s", 33, 9), ("orangecrab", None, 4),
+    ("icebreaker", None, 9)])
+def test_wildcard_cam_in_lut_ram_on_ecp5_for_few_positions(board_name, wildcard, chunk_bits):
+    """The ECP5 boards' CAM chunks are 16-word LUT RAMs up to LUT_CAM_POSITIONS positions;
+    iCE40s (no LUT RAM) and larger CAMs keep 512-word block RAM chunks."""
+    board, width, geometry = check_args(board_name, None, "yowasp", None, wildcard)
+    top = BoardTop(board, width, geometry=geometry, design="pipeline")
+    assert top.design.component.pipeline.classifier.chunk_bits == chunk_bits
+    assert f"{chunk_bits}-bit chunks" in top.design.description
+
+
 def _config():
     from openvtep.config import VtepConfig
     return VtepConfig(local_ip=0xC6120001, local_mac=0x020000000101, gateway_mac=0x0200000001FE)

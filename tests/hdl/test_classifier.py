@@ -33,13 +33,15 @@ def test_lookups():
     _run(SMALL, frames=300, rules=60, idle=0.2, backpressure=0.3, reload=True)
 
 
-def test_lookups_other_chunking():
-    """The wildcard CAM cut into 5-bit chunks (the last one part padding) finds the same
-    winners, and its entries, rewritten by the reload, read back as written. With 1,029 rule
-    indices the action and counter tables are stored as columns of 18 bits (1,024 words each)
-    and a 5-word rest; actions, counters and hits are the same."""
-    _run(dict(SMALL, exact_entries=1024, wildcard_entries=5), chunk_bits=5, frames=150,
-         rules=40, idle=0.2, backpressure=0.3, reload=True)
+@pytest.mark.parametrize("chunk_bits", [4, 5])
+def test_lookups_other_chunking(chunk_bits):
+    """The wildcard CAM cut into 4-bit chunks (the ECP5 boards' LUT RAM CAM) or 5-bit ones
+    (the last one part padding) finds the same winners, and its entries, rewritten by the
+    reload, read back as written. With 1,029 rule indices the action and counter tables are
+    stored as columns of 18 bits (1,024 words each) and a 5-word rest; actions, counters and
+    hits are the same."""
+    _run(dict(SMALL, exact_entries=1024, wildcard_entries=5), chunk_bits=chunk_bits,
+         frames=150, rules=40, idle=0.2, backpressure=0.3, reload=True)
 
 
 @pytest.mark.parametrize("depth,columns", [(2080, (2048, 9)), (1029, (1024, 18)),
