@@ -41,6 +41,9 @@ BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
+# Hash input bits per registered partial parity: a bucket index bit selects some 150 of the
+# 294 key and profile bits, so stage A XORs at most 4 parts (one LUT4) before the bank's row.
+HASH_PART = 48
 # Wildcard CAM chunk words ANDed per registered partial match: one LUT4 per position.
 WILD_GROUP = 4
 # Frames from their record's acceptance to their verdict taken, at most: the depth of the
@@ -137,16 +140,20 @@ def _struct(layout):
     return data.StructLayout(dict(layout))
 
 
-def _parity(word, mask):
-    """parity(word & mask) for a constant ``mask``, as a tree of 8-input XORs: logically the
-    same as ``(word & mask).xor()``, but Icarus re-evaluates a flat reduction over the ~150
-    scattered bits Yosys leaves of it once per bit, which made simulation 100 times slower."""
+def _parity_parts(word, mask, size):
+    """The parities of ``word & mask``, for a constant ``mask``, over consecutive groups of
+    ``size`` of the bits it selects (at least one group; the XOR of the parts is the parity).
+    Each is a tree of 8-input XORs: logically the same as a flat ``.xor()``, but Icarus
+    re-evaluates a flat reduction over the ~150 scattered bits Yosys leaves of it once per bit,
+    which made simulation 100 times slower."""
     bits = [word[i] for i in range(len(word)) if mask >> i & 1]
-    if not bits:
-        return Const(0, 1)
-    while len(bits) > 1:
-        bits = [Cat(*bits[k:k + 8]).xor() for k in range(0, len(bits), 8)]
-    return bits[0]
+    parts = []
+    for start in range(0, len(bits), size):
+        tree = bits[start:start + size]
+        while len(tree) > 1:
+            tree = [Cat(*tree[k:k + 8]).xor() for k in range(0, len(tree), 8)]
+        parts.append(tree[0])
+    return parts or [Const(0, 1)]
 
 
 def _first_position(candidates):
@@ -343,10 +350,12 @@ class Classifier(wiring.Component):
         # ``amount`` is what the frame adds to its rule's byte counter.
         amount = len(rec_in.length)
         common = {"valid": 1, "first": 1, "last": 1, "amount": amount}
+        masked = Signal(KEY_BITS)
+        m.d.comb += masked.eq(key_in & Array(masks)[p])
         sa = stage("sa", key=KEY_BITS, ukey=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)
         m.d.sync += [
             sa["valid"].eq(issue),
-            sa["key"].eq(key_in & Array(masks)[p]),
+            sa["key"].eq(masked),
             sa["p"].eq(p),
             sa["on"].eq(~rec_in.drop & (p < active)),
             sa["first"].eq(p == 0),
@@ -355,21 +364,33 @@ class Classifier(wiring.Component):
             sa["ukey"].eq(key_in),
             sa["w_on"].eq(~rec_in.drop),
         ]
+        # The hash's first levels, both banks, the selected seed's: each bucket index bit's
+        # parity in parts of HASH_PART bits, registered with the stage; stage A XORs the parts
+        # (the whole hash, from stage A's key to the bank's row, was the critical path of every
+        # routed build: 19.4 ns).
+        profile = Signal(PROFILE_BITS)
+        m.d.comb += profile.eq(p)
+        hash_parts = []
+        for bank in range(BANKS):
+            bank_parts = []
+            for j in range(ibits):
+                per_seed = [Cat(*_parity_parts(Cat(masked, profile), hash_masks(s, bank)[j],
+                                               HASH_PART))
+                            for s in range(geo.hash_seeds)]
+                parts = Signal(max(map(len, per_seed)), name=f"sa_hash{bank}_{j}")
+                m.d.sync += parts.eq(Array(per_seed)[seed] if len(per_seed) > 1
+                                     else per_seed[0])
+                bank_parts.append(parts)
+            hash_parts.append(bank_parts)
 
-        # --- Stage A: hash, address both banks and the wildcard CAM (by the unmasked key's
-        # chunks, from registers: its 33 block RAMs are spread over the chip). ----------------
+        # --- Stage A: the hash's last level; address both banks and the wildcard CAM (by the
+        # unmasked key's chunks, from registers: its memories are spread over the chip). -----
         key_a = sa["ukey"]
         for j, (rp, _) in enumerate(chunk_ports):
             chunk = _fit(key_a[j * cbits:(j + 1) * cbits], cbits)
             m.d.comb += rp.addr.eq(Mux(sweeping, sweep[:cbits], chunk))
-        word = Cat(sa["key"], sa["p"])
         for bank, (rp, _) in enumerate(bank_ports):
-            hashes = []
-            for s in range(geo.hash_seeds):
-                masks_h = hash_masks(s, bank)
-                hashes.append(Cat(*(_parity(word, masks_h[j]) for j in range(ibits)))
-                              if ibits else Const(0, 1))
-            address = Array(hashes)[seed] if len(hashes) > 1 else hashes[0]
+            address = Cat(parts.xor() for parts in hash_parts[bank]) if ibits else Const(0, 1)
             m.d.comb += rp.addr.eq(Mux(bus_exec, cmd_index, address))
 
         sb = stage("sb", key=KEY_BITS, p=PROFILE_BITS, on=1, w_on=1, **common)

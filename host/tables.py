@@ -238,9 +238,10 @@ def _place(entries, geometry, seed):
     return table, None
 
 
-def compile_tables(ruleset, geometry=Geometry()):
+def compile_tables(ruleset, geometry=Geometry(), *, first_seed=0):
     """Place ``ruleset`` in tables of ``geometry``; raises RuleError naming the rule when the
-    hardware cannot represent the rule set."""
+    hardware cannot represent the rule set. The hash seeds are tried in order from
+    ``first_seed`` (tests start past 0 to exercise the hardware's other hash sets)."""
     filename = ruleset.filename
     rules = sorted(ruleset, key=lambda r: (-r.priority, r.line))
     if len(rules) > geometry.rules:
@@ -272,7 +273,7 @@ def compile_tables(ruleset, geometry=Geometry()):
         raise RuleError(filename, [(rule.line, 1, f"the exact-match table is full "
                                     f"({geometry.exact_entries} entries, {len(entries)} needed)")])
     failed = None
-    for seed in range(geometry.hash_seeds):
+    for seed in range(first_seed, geometry.hash_seeds):
         exact, failed = _place(entries, geometry, seed)
         if exact is not None:
             return TableImage(geometry, rules, profiles, seed, exact,
@@ -280,6 +281,6 @@ def compile_tables(ruleset, geometry=Geometry()):
     rule = rules[failed[2]]
     raise RuleError(filename, [(rule.line, 1, (
         f"exact-match table placement failed: no free slot after {MAX_KICKS} evictions with "
-        f"each of {geometry.hash_seeds} hash seeds ({len(entries)} of "
+        f"each of {geometry.hash_seeds - first_seed} hash seeds ({len(entries)} of "
         f"{geometry.exact_entries} entries); build with more exact entries"))])
 

@@ -221,7 +221,8 @@ async def lookups(dut):
         fields = flow_rules.frame_fields(batch, CONFIG)
         ruleset = flow_rules.ruleset_for(rng.getrandbits(32), fields, p["rules"], geometry=geo,
                                          punt=True)
-        image = compile_tables(ruleset, geo)
+        # The reload places the rules with the second hash set (a register the lookups read).
+        image = compile_tables(ruleset, geo, first_seed=min(round_, geo.hash_seeds - 1))
         writes = rm.table_writes(image, fresh=round_ == 0, clear_counters=round_ > 0)
         started = clock.cycle
         await regs.write_all(writes)
