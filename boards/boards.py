@@ -63,13 +63,15 @@ class Board:
     uart_baud: int = 3_000_000
     uart_via: str = "on-board FTDI USB-UART"
     uart_pins: tuple = ()
-    # Default table geometry of the pipeline design: (exact_entries, wildcard_entries). On the
-    # ULX3S-85F at W=8, 64/4 is what routed; 64/32 routed at W=4 but stalled at W=8 (seed 1,
-    # a netlist with a since-reverted table access). With 256 exact entries or more the
-    # exact-match rows go to block RAM (36 blocks, beside the wildcard CAM's 33): 512/4, 512/32
-    # and 2,048/32 all stall at W=4 (README, "Boards"), though 2,048/32 fits in the 208 block
-    # RAMs; 4,096 exact entries would need some 210.
-    geometry: tuple = (64, 4)
+    # Default table geometry of the pipeline design: (exact_entries, wildcard_entries). With
+    # up to 128 exact entries the exact-match rows are LUT RAM (64: 16 buckets, one LUT RAM
+    # deep), and the ECP5 boards' wildcard CAM is LUT RAM up to 32 positions
+    # (designs.cam_chunk_bits). From 256 exact entries the rows take 36 block RAMs, and no such
+    # build has routed on the 85F (256/32 at W=8: 5,037 overused wires at iteration 15, falling
+    # slowly; README, "Boards"). The ULX3S-85F's 128/32 routes at W=8 (iteration 60 at the 125
+    # MHz target, 33,777 LUTs, 23 block RAMs). The 25Fs' 64/8 fits their block RAMs (22 of
+    # 56) but not the VTEP's LUTs (24,642 of 24,288); the iCE40s hold neither.
+    geometry: tuple = (64, 8)
 
     @property
     def targets(self):
@@ -99,20 +101,20 @@ BOARDS = {board.name: board for board in [
           leds=tuple(("led", i) for i in range(8)), entropy=("uart", 0, "rx"), pll_pad=False,
           uart_via="on-board FTDI FT2232H, channel B", **_ICEPROG),
     Board("ulx3s", ULX3S_85F_Platform, description="Radiona ULX3S, ECP5-85F",
-          widths=(4, 8, 16), default_width=8, geometry=(64, 4), **_ULX3S),
+          widths=(4, 8, 16), default_width=8, geometry=(128, 32), **_ULX3S),
     Board("ulx3s-45f", ULX3S_45F_Platform, description="Radiona ULX3S, ECP5-45F",
-          widths=(4, 8), default_width=8, geometry=(1024, 16), **_ULX3S),
+          widths=(4, 8), default_width=8, geometry=(64, 32), **_ULX3S),
     Board("ulx3s-25f", ULX3S_25F_Platform, description="Radiona ULX3S, ECP5-25F",
-          widths=(4, 8), default_width=4, geometry=(512, 8), **_ULX3S),
+          widths=(4, 8), default_width=4, **_ULX3S),
     Board("ulx3s-12f", ULX3S_12F_Platform, description="Radiona ULX3S, ECP5-12F",
-          widths=(4,), default_width=4, geometry=(256, 8), **_ULX3S),
+          widths=(4,), default_width=4, geometry=(64, 4), **_ULX3S),
     # The 5A-75B's only LED and button share pins with its UART (J19): the board top uses one
     # or the other.
     Board("colorlight-5a-75b", Colorlight_5A75B_R70Platform, "ecp5",
           "Colorlight 5A-75B v7.0 (ECP5-25F)", widths=(4, 8), default_width=4,
           program=("openFPGALoader", "-c", "ft232", "-m", "{bitstream}"), uart=False,
           uart_baud=115200, uart_via="an external 3.3 V USB-UART on J19 (no LED then)",
-          geometry=(512, 8), **_OFL),
+          **_OFL),
     # The OrangeCrab build appends a DFU suffix to top.bit (amaranth-boards runs dfu-suffix).
     Board("orangecrab", OrangeCrabR0_2_25FPlatform, "ecp5", "OrangeCrab r0.2 "
           "(ECP5-25F)", widths=(4, 8), default_width=4,
@@ -120,7 +122,7 @@ BOARDS = {board.name: board for board in [
           program_package="dfu-util", bitstream="top.bit",
           leds=(("rgb_led", 0, "r"), ("rgb_led", 0, "g"), ("rgb_led", 0, "b")), uart=False,
           uart_baud=115200, uart_via="an external 3.3 V USB-UART on Feather pins 0 (RX) and 1 "
-          "(TX)", uart_pins=("0", "1", ("io", 0)), geometry=(512, 8)),
+          "(TX)", uart_pins=("0", "1", ("io", 0))),
 ]}
 
 # What `make boards` builds: one of each board (the ULX3S in its 85F variant).

@@ -65,8 +65,8 @@ def test_one_table_option_keeps_the_board_default_of_the_other():
     board = BOARDS["ulx3s"]
     exact, wildcard = board.geometry
     assert (exact, wildcard) != (4096, 32)   # Geometry()'s, which these once fell back to
-    _, _, geometry = check_args("ulx3s", None, "yowasp", None, 32)
-    assert (geometry.exact_entries, geometry.wildcard_entries) == (exact, 32)
+    _, _, geometry = check_args("ulx3s", None, "yowasp", None, 8)
+    assert (geometry.exact_entries, geometry.wildcard_entries) == (exact, 8)
     _, _, geometry = check_args("ulx3s", None, "yowasp", 512, None)
     assert (geometry.exact_entries, geometry.wildcard_entries) == (512, wildcard)
 
