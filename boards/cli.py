@@ -20,7 +20,8 @@ _OWN = "%(default).0s"
 
 def _board_list():
     return "; ".join(f"{name}: {board.description}, W in {{{', '.join(map(str, board.widths))}}},"
-                     f" default {board.default_width}" for name, board in BOARDS.items())
+                     f" default {board.default_width}, tables {board.geometry[0]} exact / "
+                     f"{board.geometry[1]} wildcard" for name, board in BOARDS.items())
 
 
 def _cmd_build(args):
@@ -71,9 +72,11 @@ def add_build_parser(subparsers, formatter=argparse.ArgumentDefaultsHelpFormatte
                    help="bytes per beat (default: the board's, see above)" + _OWN)
     p.add_argument("--seed", type=int, default=1, metavar="N", help="nextpnr placement seed")
     p.add_argument("--exact", type=int, metavar="N",
-                   help="exact-match table entries (designs with a classifier)" + _OWN)
+                   help="exact-match table entries (designs with a classifier; default: the "
+                        "board's, see above)" + _OWN)
     p.add_argument("--wildcard", type=int, metavar="N",
-                   help="wildcard table entries (designs with a classifier)" + _OWN)
+                   help="wildcard table entries (designs with a classifier; default: the "
+                        "board's)" + _OWN)
     p.add_argument("--toolchain", choices=TOOLCHAINS, default="yowasp",
                    help="yowasp: the PyPI wheels; system: yosys/nextpnr/icepack/ecppack on PATH")
     p.add_argument("--design", choices=available_designs(), default="auto",
