@@ -41,8 +41,8 @@ BLOCK_RAM_WIDTHS = (36, 18, 9, 4, 2, 1)
 # Row bits compared per registered match bit: a block RAM's widest output, so each one compares
 # what one block RAM of a bank reads.
 ROW_GROUP = BLOCK_RAM_WIDTHS[0]
-# Hash input bits per registered partial parity: a bucket index bit selects some 150 of the
-# 294 key and profile bits, so stage A XORs at most 4 parts (one LUT4) before the bank's row.
+# Hash input bits per registered partial parity: a bucket index bit selects 123 to 171 of the
+# 295 key and profile bits, so stage A XORs at most 4 parts (one LUT4) before the bank's row.
 HASH_PART = 48
 # Wildcard CAM chunk words ANDed per registered partial match: one LUT4 per position.
 WILD_GROUP = 4
