@@ -87,9 +87,10 @@ def board_geometry(board, geometry):
 
 # Wildcard positions up to which an ECP5 build keeps the wildcard CAM in LUT RAM.
 LUT_CAM_POSITIONS = 32
-# Key bits per CAM chunk memory: 16 words of LUT RAM (73 chunks, a TRELLIS_DPR16X4 per 4
-# positions each), or 512 words of block RAM (33 chunks, a DP16KD each up to 36 positions).
-LUT_CAM_CHUNK_BITS, BLOCK_CAM_CHUNK_BITS = 4, 9
+# Key bits per CAM chunk memory in LUT RAM: 16 words (73 chunks, a TRELLIS_DPR16X4 per 4
+# positions each); otherwise the classifier's default, 512 words of block RAM (33 chunks, a
+# DP16KD each up to 36 positions).
+LUT_CAM_CHUNK_BITS = 4
 
 
 def cam_chunk_bits(board, geometry):
@@ -103,10 +104,11 @@ def cam_chunk_bits(board, geometry):
     (22 blocks) it routed at iteration 48, and 64/32 (23 blocks, some 5,000 LUTs more) at 191.
     Past 32 positions is untried: block RAM there. iCE40s have no LUT RAM (Yosys would build
     each chunk from flip-flops): block RAM."""
+    from openvtep.hdl.classifier import CAM_CHUNK_BITS
     if (board is not None and board.family == "ecp5"
             and geometry.wildcard_entries <= LUT_CAM_POSITIONS):
         return LUT_CAM_CHUNK_BITS
-    return BLOCK_CAM_CHUNK_BITS
+    return CAM_CHUNK_BITS
 
 
 def _pipeline(width, geometry, config, board=None, clk_freq=None):

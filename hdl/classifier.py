@@ -44,6 +44,9 @@ ROW_GROUP = BLOCK_RAM_WIDTHS[0]
 # Hash input bits per registered partial parity: a bucket index bit selects 123 to 171 of the
 # 295 key and profile bits, so stage A XORs at most 4 parts (one LUT4) before the bank's row.
 HASH_PART = 48
+# Key bits per wildcard CAM chunk memory by default: 512 words, an ECP5 or iCE40 block RAM's
+# depth at 36 or 8 bits (``Classifier(chunk_bits=)``).
+CAM_CHUNK_BITS = 9
 # Wildcard CAM chunk words ANDed per registered partial match: one LUT4 per position.
 WILD_GROUP = 4
 # Frames from their record's acceptance to their verdict taken, at most: the depth of the
@@ -241,7 +244,7 @@ class Classifier(wiring.Component):
         positions (the boards choose, ``openvtep.boards.designs.cam_chunk_bits``).
     """
 
-    def __init__(self, geometry=None, *, chunk_bits=9):
+    def __init__(self, geometry=None, *, chunk_bits=CAM_CHUNK_BITS):
         geometry = Geometry() if geometry is None else geometry
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an openvtep.tables.Geometry, not {geometry!r}")

@@ -14,7 +14,7 @@ from ..headers import DropReason, Port
 from ..tables import Geometry
 from .bus import BusDecoder, BusRegister, CounterBlock, RegisterFile
 from .bus import Signature as BusSignature
-from .classifier import Classifier
+from .classifier import CAM_CHUNK_BITS, Classifier
 from .editor import Editor
 from .headers import port_packet_layout
 from .parser import Parser
@@ -74,7 +74,8 @@ class Pipeline(wiring.Component):
         Key bits per wildcard CAM memory of the classifier (:class:`Classifier`).
     """
 
-    def __init__(self, width, config, geometry=None, *, frames=16, chunk_bits=9):
+    def __init__(self, width, config, geometry=None, *, frames=16,
+                 chunk_bits=CAM_CHUNK_BITS):
         geometry = Geometry() if geometry is None else geometry
         self.width = width
         self.config = config

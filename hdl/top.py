@@ -31,6 +31,7 @@ from .. import regmap as rm
 from ..tables import Geometry
 from .bridge import ControlBridge, frame_layout
 from .bus import BusDecoder, BusRegister, RegisterFile
+from .classifier import CAM_CHUNK_BITS
 from .pipeline import Pipeline
 
 __all__ = ["ENCAP_GROWTH", "PIPELINE_BASE", "TOP_BASE", "TOP_ID", "TOP_REGS", "VtepTop",
@@ -81,7 +82,7 @@ class VtepTop(wiring.Component):
     idle: Out(1)
 
     def __init__(self, width, config, geometry=None, *, capture_frames=4, frames=16,
-                 bus_timeout=4096, chunk_bits=9):
+                 bus_timeout=4096, chunk_bits=CAM_CHUNK_BITS):
         geometry = Geometry() if geometry is None else geometry
         if not isinstance(capture_frames, int) or capture_frames < 1:
             raise ValueError(f"capture_frames must be a positive integer, not "
