@@ -79,9 +79,11 @@ def board_geometry(board, geometry):
     """The table geometry of the pipeline on ``board``: ``geometry`` (from --exact/--wildcard)
     or the board's default."""
     from openvtep.tables import Geometry
+
+    from .boards import Board
     if geometry is not None:
         return geometry
-    exact, wildcard = board.geometry if board is not None else (64, 4)
+    exact, wildcard = (board or Board).geometry   # without a board, Board's default
     return Geometry(exact_entries=exact, wildcard_entries=wildcard)
 
 
